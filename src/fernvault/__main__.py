@@ -1,0 +1,3 @@
+from fernvault.cli import main
+
+main()

@@ -1,0 +1,337 @@
+"""The ``fernvault`` command line.
+
+Values are read from standard input or a hidden prompt, never from
+arguments, and only ``get`` writes a value to standard output. Errors are one
+line on standard error with exit status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from dotenv import dotenv_values
+
+from . import __version__
+from . import keys as keyfile
+from . import schema
+from .database import URL_ENV, Database, sqlite_url_for
+from .errors import FernvaultError, InvalidInputError, SecretNotFoundError
+from .manager import ProgressCallback, SecretManager
+
+logger = logging.getLogger(__name__)
+
+
+class Settings:
+    def __init__(self, url: str | None, key_file: str | None, auto_upgrade: bool) -> None:
+        self.url = url
+        self.key_file = key_file
+        self.auto_upgrade = auto_upgrade
+
+    def open(self) -> SecretManager:
+        return SecretManager(self.key_file, self.url, auto_upgrade=self.auto_upgrade)
+
+    def database(self) -> Database:
+        key_file = Path(self.key_file).expanduser() if self.key_file else keyfile.default_key_file()
+        return Database(self.url or os.environ.get(URL_ENV) or sqlite_url_for(key_file))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"fernvault: error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """A group that turns fernvault's errors into one line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FernvaultError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="fernvault")
+@click.option(
+    "--url",
+    envvar=URL_ENV,
+    help="Database URL [env FERNVAULT_URL; default: SQLite file beside the key file].",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False),
+    help="Master key file [env FERNVAULT_KEY_FILE; default ~/.codomyrmex/secrets.key].",
+)
+@click.option(
+    "--auto-upgrade", is_flag=True, help="Upgrade an out-of-date schema instead of failing."
+)
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-v INFO, -vv DEBUG).")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, key_file: str | None, auto_upgrade: bool, verbose: int) -> None:
+    """Keep secrets encrypted in a SQL database."""
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+    ctx.obj = Settings(url, key_file, auto_upgrade)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_settings
+def init(settings: Settings, as_json: bool) -> None:
+    """Create the key file and the database if they do not exist."""
+    with settings.open() as vault:
+        count = len(vault.list_secrets())
+        info = {"key_file": str(vault.key_file), "url": vault.url, "secrets": count}
+    if as_json:
+        _echo_json(info)
+    else:
+        click.echo(f"vault ready: {info['url']} ({count} secrets), master key in {info['key_file']}")
+
+
+def _read_value(name: str, keep_newline: bool) -> str:
+    if sys.stdin is None or sys.stdin.isatty():
+        value: str = click.prompt(
+            f"Value for {name}", hide_input=True, confirmation_prompt=True, default="",
+            show_default=False,
+        )
+        return value
+    data = sys.stdin.read()
+    if not keep_newline:
+        data = data.removesuffix("\n").removesuffix("\r")
+    return data
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--meta")
+        metadata[key] = value
+    return metadata
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata entry; repeatable.")
+@click.option("--update", is_flag=True, help="Replace the value of an existing secret, keeping its id.")
+@click.option("--keep-newline", is_flag=True, help="Keep a trailing newline read from stdin.")
+@pass_settings
+def put(settings: Settings, name: str, meta: tuple[str, ...], update: bool, keep_newline: bool) -> None:
+    """Store the value read from stdin (or a hidden prompt) as secret NAME."""
+    metadata = _parse_meta(meta)
+    value = _read_value(name, keep_newline)
+    with settings.open() as vault:
+        if update:
+            secret_id = vault.update_secret_by_name(name, value, metadata)
+            click.echo(f"updated {name} ({secret_id})", err=True)
+        else:
+            secret_id = vault.store_secret(name, value, metadata)
+            click.echo(f"stored {name} ({secret_id})", err=True)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--no-newline", is_flag=True, help="Do not print a newline after the value.")
+@pass_settings
+def get(settings: Settings, name: str, no_newline: bool) -> None:
+    """Print the value of secret NAME to stdout."""
+    with settings.open() as vault:
+        value = vault.get_secret_by_name(name)
+    if value is None:
+        raise SecretNotFoundError(f"secret named {name!r} not found")
+    click.echo(value, nl=not no_newline)
+
+
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@pass_settings
+def list_command(settings: Settings, as_json: bool) -> None:
+    """List secrets: id, name, timestamps and metadata, never values."""
+    with settings.open() as vault:
+        listing = vault.list_secrets()
+    if as_json:
+        _echo_json(listing)
+        return
+    for entry in listing:
+        meta = json.dumps(entry["metadata"], ensure_ascii=False) if entry["metadata"] else ""
+        click.echo(f"{entry['id']}  {entry['updated_at'][:19]}  {entry['name']}  {meta}".rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@pass_settings
+def rm(settings: Settings, name: str) -> None:
+    """Delete secret NAME."""
+    with settings.open() as vault:
+        if not vault.delete_secret_by_name(name):
+            raise SecretNotFoundError(f"secret named {name!r} not found")
+    click.echo(f"deleted {name}", err=True)
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[ProgressCallback | None]:
+    """Yield a progress callback that draws on a terminal, or None elsewhere."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    started = time.monotonic()
+
+    def draw(done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-9)
+        click.echo(f"\r{label}: {done} of {total} secrets ({rate:,.0f}/s)", nl=False, err=True)
+
+    try:
+        yield draw
+    finally:
+        click.echo("", err=True)
+
+
+@cli.command()
+@click.option("--master", is_flag=True, help="Rotate the master key instead of the data key.")
+@click.option(
+    "--keep-old", is_flag=True, help="With --master: keep the old master keys in the key file."
+)
+@click.option(
+    "--use-primary",
+    is_flag=True,
+    help="With --master: re-wrap under the key file's first key instead of a new key.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_settings
+def rotate(settings: Settings, master: bool, keep_old: bool, use_primary: bool, as_json: bool) -> None:
+    """Re-encrypt every secret under a new data key, in one transaction."""
+    if (keep_old or use_primary) and not master:
+        raise click.UsageError("--keep-old and --use-primary go with --master")
+    with settings.open() as vault:
+        if master:
+            started = time.monotonic()
+            key_id = vault.rotate_master_key(generate=not use_primary, prune=not keep_old)
+            summary: dict[str, Any] = {"master_key_id": key_id, "seconds": round(time.monotonic() - started, 3)}
+        else:
+            with _progress("rotating", not as_json) as progress:
+                result = vault.rotate_data_key(progress)
+            summary = {"key_id": result.key_id, "secrets": result.secrets, "seconds": round(result.seconds, 3)}
+    if as_json:
+        _echo_json(summary)
+    elif master:
+        click.echo(f"master key rotated: data keys now wrapped by {summary['master_key_id']}")
+    else:
+        click.echo(
+            f"rotated: {summary['secrets']} secrets re-encrypted under data key "
+            f"{summary['key_id']} in {summary['seconds']:.2f} s"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_settings
+def verify(settings: Settings, as_json: bool) -> None:
+    """Decrypt every secret; exit 1 if any fails."""
+    with settings.open() as vault, _progress("verifying", not as_json) as progress:
+        report = vault.verify(progress)
+    if as_json:
+        _echo_json({"total": report.total, "per_key": report.per_key, "failures": report.failures})
+    else:
+        for key_id, count in sorted(report.per_key.items()):
+            click.echo(f"data key {key_id}: {count} secrets decrypt")
+        for failure in report.failures:
+            click.echo(f"FAILED {failure['id']} ({failure['name']}): {failure['error']}")
+        click.echo(f"{report.total} secrets checked, {len(report.failures)} failed")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command("import")
+@click.argument("dotenv_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--prefix", default="", help="Prepend this to every variable name.")
+@click.option("--skip-existing", is_flag=True, help="Import the other variables when some names exist.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for every imported secret.")
+@pass_settings
+def import_command(
+    settings: Settings, dotenv_file: str, prefix: str, skip_existing: bool, meta: tuple[str, ...]
+) -> None:
+    """Store every variable of a dotenv file as a secret, in one transaction."""
+    if dotenv_file == "-":
+        import io
+
+        parsed = dotenv_values(stream=io.StringIO(sys.stdin.read()), interpolate=False)
+    else:
+        parsed = dotenv_values(dotenv_file, interpolate=False, encoding="utf-8")
+    empty = [name for name, value in parsed.items() if value is None]
+    if empty:
+        raise InvalidInputError(f"{dotenv_file}: no '=' after {', '.join(empty)}")
+    items = [(prefix + name, value) for name, value in parsed.items() if value is not None]
+    with settings.open() as vault:
+        stored = vault.store_secrets(items, _parse_meta(meta), skip_existing=skip_existing)
+    skipped = [name for name, _ in items if name not in stored]
+    for name in skipped:
+        click.echo(f"skipped {name}: a secret with this name exists", err=True)
+    click.echo(f"imported {len(stored)} secrets from {dotenv_file}, skipped {len(skipped)}")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema."""
+
+
+def _with_database(settings: Settings, action: Callable[[Database], None]) -> None:
+    database = settings.database()
+    try:
+        action(database)
+    finally:
+        database.dispose()
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_settings
+def db_upgrade(settings: Settings, revision: str) -> None:
+    """Upgrade the schema (create it in an empty database)."""
+
+    def run(database: Database) -> None:
+        before, after = schema.upgrade(database, revision)
+        click.echo(f"{database.display_url}: schema {before or 'empty'} -> {after}")
+
+    _with_database(settings, run)
+
+
+@db.command("current")
+@pass_settings
+def db_current(settings: Settings) -> None:
+    """Print the schema revision of the database and the one this version needs."""
+
+    def run(database: Database) -> None:
+        current = database.run("schema check", schema.current_revision, write=False)
+        head = schema.head_revision()
+        state = "up to date" if current == head else "run: fernvault db upgrade"
+        click.echo(f"{database.display_url}: {current or 'empty'} (head {head}, {state})")
+
+    _with_database(settings, run)
+
+
+def main() -> None:
+    cli(prog_name="fernvault")

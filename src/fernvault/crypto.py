@@ -1,0 +1,126 @@
+"""Token format and the cache of unwrapped data keys.
+
+A token is a Fernet token whose plaintext binds the value to its row::
+
+    version (1 byte, 0x01) | secret id (32 ASCII bytes) | name length (2 bytes,
+    big-endian) | name (UTF-8) | value (UTF-8)
+
+Fernet authenticates the whole payload, so a token copied onto another row,
+or a row renamed in the database, fails to open with an IntegrityError
+instead of returning another secret's value.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from .errors import IntegrityError
+
+PAYLOAD_VERSION = b"\x01"
+_HEADER_LENGTH = 1 + 32 + 2
+
+
+def _header(secret_id: str, name: str) -> bytes:
+    encoded_name = name.encode("utf-8")
+    return (
+        PAYLOAD_VERSION
+        + secret_id.encode("ascii")
+        + len(encoded_name).to_bytes(2, "big")
+        + encoded_name
+    )
+
+
+def _altered(secret_id: str) -> IntegrityError:
+    return IntegrityError(
+        f"secret {secret_id} cannot be decrypted: its token was altered or does not "
+        "belong to its data key",
+        secret_id=secret_id,
+    )
+
+
+def _copied(secret_id: str) -> IntegrityError:
+    return IntegrityError(
+        f"secret {secret_id} holds a token made for another row: it was copied or "
+        "the row was renamed in the database",
+        secret_id=secret_id,
+    )
+
+
+def seal(fernet: Fernet, secret_id: str, name: str, value: str) -> str:
+    """Encrypt ``value`` into a token bound to the row ``secret_id`` named ``name``."""
+    return fernet.encrypt(_header(secret_id, name) + value.encode("utf-8")).decode("ascii")
+
+
+def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
+    """Decrypt a token and check that it belongs to this row.
+
+    Raises IntegrityError naming the secret when the token does not
+    authenticate under ``fernet`` or was made for another row.
+    """
+    try:
+        payload = fernet.decrypt(token.encode("ascii"))
+    except (InvalidToken, UnicodeEncodeError):
+        raise _altered(secret_id) from None
+    header = _header(secret_id, name)
+    if not payload.startswith(header):
+        raise _copied(secret_id)
+    try:
+        return payload[len(header) :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise IntegrityError(
+            f"secret {secret_id} decrypted to invalid UTF-8", secret_id=secret_id
+        ) from None
+
+
+def reseal(old: Fernet, new: Fernet, token: str, secret_id: str, name: str) -> str:
+    """Re-encrypt a token under ``new`` without decoding its value.
+
+    Raises IntegrityError like ``unseal`` when the token does not open or
+    belongs to another row.
+    """
+    try:
+        payload = old.decrypt(token.encode("ascii"))
+    except (InvalidToken, UnicodeEncodeError):
+        raise _altered(secret_id) from None
+    if not payload.startswith(_header(secret_id, name)):
+        raise _copied(secret_id)
+    return new.encrypt(payload).decode("ascii")
+
+
+def new_data_key() -> tuple[str, bytes]:
+    """Generate a data key id and a Fernet data key."""
+    return secrets.token_hex(16), Fernet.generate_key()
+
+
+@dataclass
+class DataKeyCache:
+    """Unwrapped data keys of one vault, by key id.
+
+    Shared by every thread of a SecretManager. An unknown key id means another
+    process rotated; the caller reloads the keys from the database.
+    """
+
+    _fernets: dict[str, Fernet] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def get(self, key_id: str) -> Fernet | None:
+        return self._fernets.get(key_id)
+
+    def put(self, key_id: str, key: bytes) -> Fernet:
+        fernet = Fernet(key)
+        with self._lock:
+            self._fernets[key_id] = fernet
+        return fernet
+
+    def retain(self, key_ids: set[str]) -> None:
+        """Forget every key not in ``key_ids`` (keys deleted by a rotation)."""
+        with self._lock:
+            for key_id in set(self._fernets) - key_ids:
+                del self._fernets[key_id]
+
+    def __repr__(self) -> str:
+        return f"DataKeyCache(key_ids={sorted(self._fernets)!r})"

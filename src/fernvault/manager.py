@@ -1,0 +1,547 @@
+"""SecretManager: the vault's public operations, one transaction each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+
+from . import keys as keyfile
+from . import repository as repo
+from .crypto import DataKeyCache, new_data_key, reseal, seal, unseal
+from .database import URL_ENV, Database, sqlite_url_for
+from .errors import (
+    DecryptionError,
+    IntegrityError,
+    KeyFileError,
+    RotationConflictError,
+    SecretExistsError,
+    SecretNotFoundError,
+    StorageError,
+)
+from .keys import MasterKeyRing
+from .schema import ensure_schema, lock_schema
+from .validation import check_metadata, check_name, check_secret_id, check_value
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each batch of a rotation or verification."""
+
+DEFAULT_BATCH_SIZE = 1000
+_LOCK_RETRIES = 20
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """Summary of a data key rotation."""
+
+    key_id: str
+    secrets: int
+    seconds: float
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of decrypting every secret: counts per data key and each failure."""
+
+    total: int = 0
+    per_key: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class SecretManager:
+    """A vault of named secrets, encrypted with Fernet and stored in SQL.
+
+    ``key_file`` defaults to FERNVAULT_KEY_FILE or ``~/.codomyrmex/secrets.key``;
+    FERNVAULT_MASTER_KEY (comma-separated keys, primary first) replaces the key
+    file when no ``key_file`` argument is given. ``url`` defaults to
+    FERNVAULT_URL or a SQLite file beside the key file with the same stem.
+
+    Opening creates the schema of an empty database and, when the database
+    holds no data key yet, a key file if none exists. It never creates a key
+    file for a database that already holds data keys. Raises MasterKeyError
+    when the master key does not open the vault, SchemaError when the schema
+    is out of date (unless ``auto_upgrade``), StorageError when the database
+    cannot be reached.
+    """
+
+    def __init__(
+        self,
+        key_file: str | os.PathLike[str] | None = None,
+        url: str | None = None,
+        *,
+        auto_upgrade: bool = False,
+        busy_timeout: float = 30.0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        env_key = os.environ.get(keyfile.MASTER_KEY_ENV) if key_file is None else None
+        self.key_file = Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
+        self.batch_size = batch_size
+        self._keys = DataKeyCache()
+
+        url = url or os.environ.get(URL_ENV) or self._default_sqlite_url()
+        self._db = Database(url, busy_timeout=busy_timeout)
+        try:
+            ensure_schema(self._db, auto_upgrade=auto_upgrade)
+            self._ring = keyfile.ring_from_env(env_key) if env_key else self._open_key_file()
+            self._ensure_data_key()
+            self._reload_data_keys()
+        except BaseException:
+            self._db.dispose()
+            raise
+        logger.debug("opened vault %s with master keys from %s", self.url, self._ring.source)
+
+    # -- opening --------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password hidden."""
+        return self._db.display_url
+
+    def _default_sqlite_url(self) -> str:
+        database_file = self.key_file.with_suffix(".db")
+        try:
+            self.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Create the file private before SQLite creates it with its default mode.
+            fd = os.open(database_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create database file {database_file}: {exc.strerror or type(exc).__name__}"
+            ) from exc
+        return sqlite_url_for(self.key_file)
+
+    def _open_key_file(self) -> MasterKeyRing:
+        if self.key_file.exists():
+            return keyfile.read_key_file(self.key_file)
+        existing = self._db.run("key check", repo.all_data_keys, write=False)
+        if existing:
+            message = (
+                f"key file {self.key_file} does not exist, but {self.url} holds data keys "
+                f"wrapped by master key {existing[0].master_key_id}; restore that key file "
+                "(fernvault never creates a new key over existing data)"
+            )
+            logger.error("%s", message)
+            raise KeyFileError(message)
+        return keyfile.create_key_file(self.key_file)
+
+    def _ensure_data_key(self) -> None:
+        if self._db.run("data key check", repo.active_data_key, write=False) is not None:
+            return
+
+        def create(connection: Connection) -> None:
+            lock_schema(connection)
+            if repo.active_data_key(connection) is not None:
+                return
+            key_id, key = new_data_key()
+            wrapped, master_key_id = self._ring.wrap(key)
+            repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
+            logger.info("created data key %s in %s", key_id, self.url)
+
+        self._db.run("data key creation", create)
+
+    def _reload_data_keys(self, connection: Connection | None = None) -> None:
+        """Unwrap every data key of the database into the cache, forgetting deleted ones."""
+        if connection is None:
+            rows = self._db.run("data key load", repo.all_data_keys, write=False)
+        else:
+            rows = repo.all_data_keys(connection)
+        for row in rows:
+            if self._keys.get(row.id) is None:
+                key = self._ring.unwrap(
+                    row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
+                )
+                self._keys.put(row.id, key)
+        self._keys.retain({row.id for row in rows})
+        logger.debug("loaded %d data keys from %s", len(rows), self.url)
+
+    def _fernet_for(self, key_id: str, connection: Connection | None = None) -> Fernet | None:
+        fernet = self._keys.get(key_id)
+        if fernet is None:
+            self._reload_data_keys(connection)
+            fernet = self._keys.get(key_id)
+        return fernet
+
+    def _locked_active_key(self, connection: Connection, lock: repo.RowLock) -> tuple[str, Fernet]:
+        """Lock the active data key row in ``connection`` and return it, unwrapped.
+
+        On PostgreSQL a rotation that commits while this statement waits deletes
+        the row it waited for, and the statement returns nothing; it is repeated
+        with a fresh snapshot, which sees the new key.
+        """
+        for _ in range(_LOCK_RETRIES):
+            row = repo.active_data_key(connection, lock)
+            if row is not None:
+                fernet = self._fernet_for(row.id, connection)
+                if fernet is None:
+                    raise IntegrityError(f"data key {row.id} in {self.url} could not be loaded")
+                return row.id, fernet
+        message = f"the active data key of {self.url} kept changing; try again"
+        logger.error("%s", message)
+        raise RotationConflictError(message)
+
+    # -- secrets ----------------------------------------------------------
+
+    def store_secret(self, name: str, value: str, metadata: Mapping[str, Any] | None = None) -> str:
+        """Store a new secret and return its id (32 lowercase hex characters).
+
+        Raises SecretExistsError when the name is taken (use ``update_secret``
+        to change a value), InvalidInputError for a rejected name, value or metadata.
+        """
+        stored = self._store_many([(check_name(name), value)], check_metadata(metadata), False)
+        return stored[name]
+
+    def store_secrets(
+        self,
+        items: Mapping[str, str] | Iterable[tuple[str, str]],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        skip_existing: bool = False,
+    ) -> dict[str, str]:
+        """Store many new secrets in one transaction; return ``{name: id}`` of those stored.
+
+        Raises SecretExistsError listing the taken names and stores nothing,
+        unless ``skip_existing``, which stores the others and leaves the taken
+        names out of the result.
+        """
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        checked = [(check_name(name), value) for name, value in pairs]
+        names = [name for name, _ in checked]
+        if len(set(names)) != len(names):
+            raise SecretExistsError("the same secret name appears twice in one batch")
+        return self._store_many(checked, check_metadata(metadata), skip_existing)
+
+    def _store_many(
+        self, pairs: list[tuple[str, str]], metadata: dict[str, Any], skip_existing: bool
+    ) -> dict[str, str]:
+        for _, value in pairs:
+            check_value(value)
+        ids = {name: secrets.token_hex(16) for name, _ in pairs}
+
+        def work(connection: Connection) -> dict[str, str]:
+            key_id, fernet = self._locked_active_key(connection, "share")
+            taken = repo.existing_names(connection, [name for name, _ in pairs])
+            if taken and not skip_existing:
+                raise self._exists_error(sorted(taken))
+            now = _now()
+            rows = [
+                {
+                    "id": ids[name],
+                    "name": name,
+                    "token": seal(fernet, ids[name], name, value),
+                    "key_id": key_id,
+                    "metadata": metadata,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for name, value in pairs
+                if name not in taken
+            ]
+            if rows:
+                repo.insert_secrets(connection, rows)
+            return {row["name"]: row["id"] for row in rows}
+
+        try:
+            stored = self._db.run("store", work)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, DatabaseIntegrityError):
+                # Another writer inserted one of the names after this one checked.
+                raise self._exists_error(sorted(ids)) from None
+            raise
+        for name, secret_id in stored.items():
+            logger.info("stored secret %s (%s)", secret_id, name)
+        return stored
+
+    def _exists_error(self, names: list[str]) -> SecretExistsError:
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        message = f"secret already exists: {shown}; use update to change a value"
+        logger.error("%s", message)
+        return SecretExistsError(message)
+
+    def update_secret(
+        self, secret_id: str, value: str, metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Replace the value of an existing secret, keeping its id and name.
+
+        ``metadata``, when given, replaces the old metadata. Raises SecretNotFoundError.
+        """
+        check_value(value)
+        new_metadata = check_metadata(metadata) if metadata is not None else None
+        if not check_secret_id(secret_id):
+            raise self._not_found(f"secret {secret_id!r}")
+
+        def work(connection: Connection) -> None:
+            key_id, fernet = self._locked_active_key(connection, "share")
+            row = repo.secret_by_id(connection, secret_id)
+            if row is None:
+                raise self._not_found(f"secret {secret_id}")
+            repo.update_secret(
+                connection,
+                secret_id,
+                token=seal(fernet, row.id, row.name, value),
+                key_id=key_id,
+                updated_at=_now(),
+                metadata=new_metadata,
+            )
+
+        self._db.run("update", work)
+        logger.info("updated secret %s", secret_id)
+
+    def update_secret_by_name(
+        self, name: str, value: str, metadata: Mapping[str, Any] | None = None
+    ) -> str:
+        """Replace the value of the secret named ``name``; return its unchanged id."""
+        check_name(name)
+        secret_id = self._db.run("lookup", lambda c: repo.secret_id_for_name(c, name), write=False)
+        if secret_id is None:
+            raise self._not_found(f"secret named {name!r}")
+        self.update_secret(secret_id, value, metadata)
+        return secret_id
+
+    def _not_found(self, what: str) -> SecretNotFoundError:
+        message = f"{what} not found in {self.url}"
+        logger.error("%s", message)
+        return SecretNotFoundError(message)
+
+    def get_secret(self, secret_id: str) -> str | None:
+        """Return the value of the secret with this id, or None if there is none.
+
+        Raises IntegrityError when the row was tampered with.
+        """
+        if not check_secret_id(secret_id):
+            return None
+        return self._read(lambda c: repo.secret_by_id(c, secret_id))
+
+    def get_secret_by_name(self, name: str) -> str | None:
+        """Return the value of the secret named ``name``, or None if there is none."""
+        check_name(name)
+        return self._read(lambda c: repo.secret_by_name(c, name))
+
+    def _read(self, lookup: Callable[[Connection], repo.SecretRow | None]) -> str | None:
+        # A row under an unknown key id means another process rotated: reload
+        # the keys, and read the row again in case it was rotated meanwhile.
+        for _ in range(3):
+            row = self._db.run("read", lookup, write=False)
+            if row is None:
+                return None
+            fernet = self._fernet_for(row.key_id)
+            if fernet is not None:
+                try:
+                    return unseal(fernet, row.token, row.id, row.name)
+                except IntegrityError:
+                    logger.error("secret %s failed its integrity check", row.id)
+                    raise
+        message = f"secret {row.id} refers to data key {row.key_id}, which is not in {self.url}"
+        logger.error("%s", message)
+        raise IntegrityError(message, secret_id=row.id)
+
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """Return id, name, created_at, updated_at (ISO 8601, UTC) and metadata of each secret.
+
+        Values and tokens are never part of the result.
+        """
+        rows = self._db.run("list", repo.list_secrets, write=False)
+        return [
+            {
+                "id": row["id"],
+                "name": row["name"],
+                "created_at": row["created_at"].isoformat(),
+                "updated_at": row["updated_at"].isoformat(),
+                "metadata": row["metadata"],
+            }
+            for row in rows
+        ]
+
+    def delete_secret(self, secret_id: str) -> bool:
+        """Delete the secret with this id; return False when there was none."""
+        if not check_secret_id(secret_id):
+            return False
+
+        def work(connection: Connection) -> bool:
+            self._locked_active_key(connection, "share")
+            return repo.delete_secret(connection, secret_id)
+
+        deleted = self._db.run("delete", work)
+        if deleted:
+            logger.info("deleted secret %s", secret_id)
+        return deleted
+
+    def delete_secret_by_name(self, name: str) -> bool:
+        """Delete the secret named ``name``; return False when there was none."""
+        check_name(name)
+        secret_id = self._db.run("lookup", lambda c: repo.secret_id_for_name(c, name), write=False)
+        return secret_id is not None and self.delete_secret(secret_id)
+
+    # -- keys -------------------------------------------------------------
+
+    def rotate_key(self, progress: ProgressCallback | None = None) -> str:
+        """Re-encrypt every secret under a new data key in one transaction; return its id.
+
+        The old data key is deleted in the same transaction. If any secret
+        cannot be decrypted, or the database fails, the transaction rolls back
+        and the vault is exactly as it was; the IntegrityError names the secret.
+        """
+        return self.rotate_data_key(progress).key_id
+
+    def rotate_data_key(self, progress: ProgressCallback | None = None) -> RotationResult:
+        """Rotate the data key like ``rotate_key`` and return a summary."""
+        started = time.monotonic()
+        key_id, key = new_data_key()
+        new_fernet = Fernet(key)
+
+        def work(connection: Connection) -> int:
+            old_key_id, _ = self._locked_active_key(connection, "update")
+            total = repo.count_secrets(connection)
+            wrapped, master_key_id = self._ring.wrap(key)
+            repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
+            done = 0
+            for page in repo.secret_pages(connection, self.batch_size):
+                tokens = [(row.id, self._reseal_for_rotation(connection, row, new_fernet)) for row in page]
+                repo.update_tokens(connection, key_id, tokens)
+                done += len(page)
+                if progress is not None:
+                    progress(done, total)
+            removed = repo.delete_data_keys_except(connection, key_id)
+            logger.debug("rotation replaced data key %s and removed %d keys", old_key_id, removed)
+            return done
+
+        count = self._db.run("rotation", work)
+        self._keys.put(key_id, key)
+        self._keys.retain({key_id})
+        seconds = time.monotonic() - started
+        logger.info(
+            "rotated data key of %s: %d secrets re-encrypted under %s in %.2f s",
+            self.url, count, key_id, seconds,
+        )
+        return RotationResult(key_id=key_id, secrets=count, seconds=seconds)
+
+    def _reseal_for_rotation(
+        self, connection: Connection, row: repo.SecretRow, new_fernet: Fernet
+    ) -> str:
+        fernet = self._fernet_for(row.key_id, connection)
+        try:
+            if fernet is None:
+                raise IntegrityError(
+                    f"secret {row.id} refers to data key {row.key_id}, which is missing",
+                    secret_id=row.id,
+                )
+            return reseal(fernet, new_fernet, row.token, row.id, row.name)
+        except DecryptionError as exc:
+            message = (
+                f"rotation aborted and rolled back: secret {row.id} ({row.name}) cannot be "
+                f"decrypted ({exc}); no secret was changed"
+            )
+            logger.error("%s", message)
+            raise IntegrityError(message, secret_id=row.id) from None
+
+    def rotate_master_key(self, *, generate: bool = True, prune: bool = True) -> str:
+        """Re-wrap every data key under a new master key; return the new master key id.
+
+        With a key file and ``generate``, a new key is first written as the
+        file's first line with the old keys kept below it (atomic replace),
+        then the data keys are re-wrapped in one transaction, and only after
+        the commit, with ``prune``, the keys no data key needs are removed.
+        A crash at any point leaves a key file that opens the vault. Without
+        ``generate`` (and always with FERNVAULT_MASTER_KEY) the current first
+        key is the new one.
+        """
+        ring = self._ring
+        if generate:
+            if ring.path is None:
+                raise KeyFileError(
+                    f"cannot add a key to {ring.source}: put the new key first in "
+                    f"{keyfile.MASTER_KEY_ENV} and call rotate_master_key(generate=False)"
+                )
+            ring = keyfile.replace_key_file(ring.path, [keyfile.MasterKey.generate(), *ring.keys])
+            self._ring = ring
+            logger.info("added master key %s to %s", ring.primary.key_id, ring.source)
+
+        def work(connection: Connection) -> int:
+            self._locked_active_key(connection, "update")
+            rows = repo.all_data_keys(connection)
+            rewrapped = []
+            for row in rows:
+                key = ring.unwrap(row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url)
+                wrapped, master_key_id = ring.wrap(key)
+                rewrapped.append(repo.DataKeyRow(row.id, wrapped, master_key_id))
+            repo.rewrap_data_keys(connection, rewrapped)
+            return len(rewrapped)
+
+        count = self._db.run("master key rotation", work)
+        logger.info(
+            "re-wrapped %d data keys of %s under master key %s", count, self.url, ring.primary.key_id
+        )
+        if prune and ring.path is not None and len(ring.keys) > 1:
+            self._ring = keyfile.replace_key_file(ring.path, [ring.primary])
+            logger.info("removed %d old master keys from %s", len(ring.keys) - 1, ring.source)
+        return ring.primary.key_id
+
+    def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
+        """Decrypt every secret and report counts per data key and each failure."""
+        self._reload_data_keys()
+        report = VerifyReport()
+
+        def work(connection: Connection) -> None:
+            total = repo.count_secrets(connection)
+            for page in repo.secret_pages(connection, self.batch_size):
+                for row in page:
+                    self._verify_row(connection, row, report)
+                if progress is not None:
+                    progress(report.total, total)
+
+        self._db.run("verify", work, write=False)
+        logger.info(
+            "verified %d secrets of %s: %d failed", report.total, self.url, len(report.failures)
+        )
+        return report
+
+    def _verify_row(self, connection: Connection, row: repo.SecretRow, report: VerifyReport) -> None:
+        report.total += 1
+        fernet = self._fernet_for(row.key_id, connection)
+        try:
+            if fernet is None:
+                raise IntegrityError(f"data key {row.key_id} is missing", secret_id=row.id)
+            unseal(fernet, row.token, row.id, row.name)
+        except DecryptionError as exc:
+            report.failures.append({"id": row.id, "name": row.name, "error": str(exc)})
+            return
+        report.per_key[row.key_id] = report.per_key.get(row.key_id, 0) + 1
+
+    # -- lifetime ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the database connections; the manager cannot be used afterwards."""
+        self._db.dispose()
+
+    def __enter__(self) -> SecretManager:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SecretManager(url={self.url!r}, master_keys={self._ring.source!r})"
+
