@@ -20,9 +20,8 @@ from typing import Any, NoReturn
 import click
 from dotenv import dotenv_values
 
-from . import __version__
+from . import __version__, schema
 from . import keys as keyfile
-from . import schema
 from .database import URL_ENV, Database, sqlite_url_for
 from .errors import FernvaultError, InvalidInputError, SecretNotFoundError
 from .manager import ProgressCallback, SecretManager
@@ -78,7 +77,9 @@ class _Group(click.Group):
 )
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-v INFO, -vv DEBUG).")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, key_file: str | None, auto_upgrade: bool, verbose: int) -> None:
+def cli(
+    ctx: click.Context, url: str | None, key_file: str | None, auto_upgrade: bool, verbose: int
+) -> None:
     """Keep secrets encrypted in a SQL database."""
     if verbose:
         logging.basicConfig(
@@ -106,13 +107,18 @@ def init(settings: Settings, as_json: bool) -> None:
     if as_json:
         _echo_json(info)
     else:
-        click.echo(f"vault ready: {info['url']} ({count} secrets), master key in {info['key_file']}")
+        click.echo(
+            f"vault ready: {info['url']} ({count} secrets), master key in {info['key_file']}"
+        )
 
 
 def _read_value(name: str, keep_newline: bool) -> str:
     if sys.stdin is None or sys.stdin.isatty():
         value: str = click.prompt(
-            f"Value for {name}", hide_input=True, confirmation_prompt=True, default="",
+            f"Value for {name}",
+            hide_input=True,
+            confirmation_prompt=True,
+            default="",
             show_default=False,
         )
         return value
@@ -137,10 +143,14 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str] | None:
 @cli.command()
 @click.argument("name")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata entry; repeatable.")
-@click.option("--update", is_flag=True, help="Replace the value of an existing secret, keeping its id.")
+@click.option(
+    "--update", is_flag=True, help="Replace the value of an existing secret, keeping its id."
+)
 @click.option("--keep-newline", is_flag=True, help="Keep a trailing newline read from stdin.")
 @pass_settings
-def put(settings: Settings, name: str, meta: tuple[str, ...], update: bool, keep_newline: bool) -> None:
+def put(
+    settings: Settings, name: str, meta: tuple[str, ...], update: bool, keep_newline: bool
+) -> None:
     """Store the value read from stdin (or a hidden prompt) as secret NAME."""
     metadata = _parse_meta(meta)
     value = _read_value(name, keep_newline)
@@ -222,7 +232,9 @@ def _progress(label: str, enabled: bool) -> Iterator[ProgressCallback | None]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_settings
-def rotate(settings: Settings, master: bool, keep_old: bool, use_primary: bool, as_json: bool) -> None:
+def rotate(
+    settings: Settings, master: bool, keep_old: bool, use_primary: bool, as_json: bool
+) -> None:
     """Re-encrypt every secret under a new data key, in one transaction."""
     if (keep_old or use_primary) and not master:
         raise click.UsageError("--keep-old and --use-primary go with --master")
@@ -230,11 +242,18 @@ def rotate(settings: Settings, master: bool, keep_old: bool, use_primary: bool, 
         if master:
             started = time.monotonic()
             key_id = vault.rotate_master_key(generate=not use_primary, prune=not keep_old)
-            summary: dict[str, Any] = {"master_key_id": key_id, "seconds": round(time.monotonic() - started, 3)}
+            summary: dict[str, Any] = {
+                "master_key_id": key_id,
+                "seconds": round(time.monotonic() - started, 3),
+            }
         else:
             with _progress("rotating", not as_json) as progress:
                 result = vault.rotate_data_key(progress)
-            summary = {"key_id": result.key_id, "secrets": result.secrets, "seconds": round(result.seconds, 3)}
+            summary = {
+                "key_id": result.key_id,
+                "secrets": result.secrets,
+                "seconds": round(result.seconds, 3),
+            }
     if as_json:
         _echo_json(summary)
     elif master:
@@ -268,8 +287,12 @@ def verify(settings: Settings, as_json: bool) -> None:
 @cli.command("import")
 @click.argument("dotenv_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--prefix", default="", help="Prepend this to every variable name.")
-@click.option("--skip-existing", is_flag=True, help="Import the other variables when some names exist.")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for every imported secret.")
+@click.option(
+    "--skip-existing", is_flag=True, help="Import the other variables when some names exist."
+)
+@click.option(
+    "--meta", multiple=True, metavar="KEY=VALUE", help="Metadata for every imported secret."
+)
 @pass_settings
 def import_command(
     settings: Settings, dotenv_file: str, prefix: str, skip_existing: bool, meta: tuple[str, ...]

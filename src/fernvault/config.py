@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,26 +50,27 @@ def manage_secrets(operation: str, **kwargs: Any) -> Any:
     an unknown operation.
     """
     if operation not in _OPERATIONS:
-        message = f"unknown secret operation {operation!r}; expected one of {', '.join(_OPERATIONS)}"
+        message = (
+            f"unknown secret operation {operation!r}; expected one of {', '.join(_OPERATIONS)}"
+        )
         logger.error("%s", message)
         raise FernvaultError(message)
     key_file = kwargs.pop("key_file", None)
     url = kwargs.pop("url", None)
+    arg: Callable[[str], Any] = kwargs.get  # missing arguments reach the validation as None
     with SecretManager(key_file, url) as manager:
         if operation == "store":
-            return manager.store_secret(kwargs.get("name"), kwargs.get("value"), kwargs.get("metadata"))  # type: ignore[arg-type]
+            return manager.store_secret(arg("name"), arg("value"), arg("metadata"))
         if operation == "get":
-            return manager.get_secret(kwargs.get("secret_id"))  # type: ignore[arg-type]
+            return manager.get_secret(arg("secret_id"))
         if operation == "get_by_name":
-            return manager.get_secret_by_name(kwargs.get("name"))  # type: ignore[arg-type]
+            return manager.get_secret_by_name(arg("name"))
         if operation == "list":
             return manager.list_secrets()
         if operation == "update":
-            return manager.update_secret(
-                kwargs.get("secret_id"), kwargs.get("value"), kwargs.get("metadata")  # type: ignore[arg-type]
-            )
+            return manager.update_secret(arg("secret_id"), arg("value"), arg("metadata"))
         if operation == "delete":
-            return manager.delete_secret(kwargs.get("secret_id"))  # type: ignore[arg-type]
+            return manager.delete_secret(arg("secret_id"))
         return manager.rotate_key()
 
 

@@ -121,7 +121,12 @@ class Database:
                     delay = 0.02 * 2**attempt
                     logger.info(
                         "%s on %s hit %s; retrying in %.2f s (attempt %d of %d)",
-                        operation, self.display_url, _sqlstate(exc), delay, attempt, _MAX_ATTEMPTS,
+                        operation,
+                        self.display_url,
+                        _sqlstate(exc),
+                        delay,
+                        attempt,
+                        _MAX_ATTEMPTS,
                     )
                     time.sleep(delay)
                     continue

@@ -156,7 +156,9 @@ def parse_keys(text: str, source: str) -> list[MasterKey]:
 
 def ring_from_env(value: str) -> MasterKeyRing:
     """Build a ring from FERNVAULT_MASTER_KEY: keys separated by commas, primary first."""
-    return MasterKeyRing(tuple(parse_keys(value.replace(",", "\n"), MASTER_KEY_ENV)), MASTER_KEY_ENV)
+    return MasterKeyRing(
+        tuple(parse_keys(value.replace(",", "\n"), MASTER_KEY_ENV)), MASTER_KEY_ENV
+    )
 
 
 def read_key_file(path: Path) -> MasterKeyRing:

@@ -96,7 +96,9 @@ class SecretManager:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         env_key = os.environ.get(keyfile.MASTER_KEY_ENV) if key_file is None else None
-        self.key_file = Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
+        self.key_file = (
+            Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
+        )
         self.batch_size = batch_size
         self._keys = DataKeyCache()
 
@@ -247,7 +249,7 @@ class SecretManager:
             if taken and not skip_existing:
                 raise self._exists_error(sorted(taken))
             now = _now()
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "id": ids[name],
                     "name": name,
@@ -343,20 +345,24 @@ class SecretManager:
     def _read(self, lookup: Callable[[Connection], repo.SecretRow | None]) -> str | None:
         # A row under an unknown key id means another process rotated: reload
         # the keys, and read the row again in case it was rotated meanwhile.
+        stale: repo.SecretRow | None = None
         for _ in range(3):
             row = self._db.run("read", lookup, write=False)
             if row is None:
                 return None
             fernet = self._fernet_for(row.key_id)
-            if fernet is not None:
-                try:
-                    return unseal(fernet, row.token, row.id, row.name)
-                except IntegrityError:
-                    logger.error("secret %s failed its integrity check", row.id)
-                    raise
-        message = f"secret {row.id} refers to data key {row.key_id}, which is not in {self.url}"
+            if fernet is None:
+                stale = row
+                continue
+            try:
+                return unseal(fernet, row.token, row.id, row.name)
+            except IntegrityError:
+                logger.error("secret %s failed its integrity check", row.id)
+                raise
+        assert stale is not None
+        message = f"secret {stale.id} refers to data key {stale.key_id}, which is not in {self.url}"
         logger.error("%s", message)
-        raise IntegrityError(message, secret_id=row.id)
+        raise IntegrityError(message, secret_id=stale.id)
 
     def list_secrets(self) -> list[dict[str, Any]]:
         """Return id, name, created_at, updated_at (ISO 8601, UTC) and metadata of each secret.
@@ -419,7 +425,9 @@ class SecretManager:
             repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
             done = 0
             for page in repo.secret_pages(connection, self.batch_size):
-                tokens = [(row.id, self._reseal_for_rotation(connection, row, new_fernet)) for row in page]
+                tokens = [
+                    (row.id, self._reseal_for_rotation(connection, row, new_fernet)) for row in page
+                ]
                 repo.update_tokens(connection, key_id, tokens)
                 done += len(page)
                 if progress is not None:
@@ -434,7 +442,10 @@ class SecretManager:
         seconds = time.monotonic() - started
         logger.info(
             "rotated data key of %s: %d secrets re-encrypted under %s in %.2f s",
-            self.url, count, key_id, seconds,
+            self.url,
+            count,
+            key_id,
+            seconds,
         )
         return RotationResult(key_id=key_id, secrets=count, seconds=seconds)
 
@@ -484,7 +495,9 @@ class SecretManager:
             rows = repo.all_data_keys(connection)
             rewrapped = []
             for row in rows:
-                key = ring.unwrap(row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url)
+                key = ring.unwrap(
+                    row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
+                )
                 wrapped, master_key_id = ring.wrap(key)
                 rewrapped.append(repo.DataKeyRow(row.id, wrapped, master_key_id))
             repo.rewrap_data_keys(connection, rewrapped)
@@ -492,7 +505,10 @@ class SecretManager:
 
         count = self._db.run("master key rotation", work)
         logger.info(
-            "re-wrapped %d data keys of %s under master key %s", count, self.url, ring.primary.key_id
+            "re-wrapped %d data keys of %s under master key %s",
+            count,
+            self.url,
+            ring.primary.key_id,
         )
         if prune and ring.path is not None and len(ring.keys) > 1:
             self._ring = keyfile.replace_key_file(ring.path, [ring.primary])
@@ -518,7 +534,9 @@ class SecretManager:
         )
         return report
 
-    def _verify_row(self, connection: Connection, row: repo.SecretRow, report: VerifyReport) -> None:
+    def _verify_row(
+        self, connection: Connection, row: repo.SecretRow, report: VerifyReport
+    ) -> None:
         report.total += 1
         fernet = self._fernet_for(row.key_id, connection)
         try:
@@ -544,4 +562,3 @@ class SecretManager:
 
     def __repr__(self) -> str:
         return f"SecretManager(url={self.url!r}, master_keys={self._ring.source!r})"
-

@@ -8,9 +8,9 @@ unwrapped key: ``token`` and ``wrapped_key`` are Fernet ciphertext.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, Text
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -93,5 +93,5 @@ class Secret(Base):
         return f"Secret(id={self.id!r}, name={self.name!r})"
 
 
-data_keys = DataKey.__table__
-secrets_table = Secret.__table__
+data_keys = cast(Table, DataKey.__table__)
+secrets_table = cast(Table, Secret.__table__)

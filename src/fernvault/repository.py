@@ -103,7 +103,9 @@ def insert_secrets(connection: Connection, rows: Sequence[dict[str, Any]]) -> No
 
 
 def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
-    row = connection.execute(select(*_SECRET_COLUMNS).where(secrets_table.c.id == secret_id)).first()
+    row = connection.execute(
+        select(*_SECRET_COLUMNS).where(secrets_table.c.id == secret_id)
+    ).first()
     return SecretRow(*row) if row is not None else None
 
 

@@ -43,7 +43,9 @@ def migrations_path() -> Path:
     checkout = Path(__file__).resolve().parents[2] / "migrations"
     if (checkout / "env.py").is_file():
         return checkout
-    raise SchemaError(f"fernvault's migrations are missing: neither {packaged} nor {checkout} exists")
+    raise SchemaError(
+        f"fernvault's migrations are missing: neither {packaged} nor {checkout} exists"
+    )
 
 
 def alembic_config() -> Config:
@@ -117,7 +119,9 @@ def _check_upgradable(
                 "restore the version table or migrate the data into a fresh database"
             )
         return
-    known = {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    known = {
+        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
+    }
     if found not in known:
         raise _schema_error(
             f"{database.display_url} is at schema revision {found}, which this version of "

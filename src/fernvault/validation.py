@@ -110,7 +110,9 @@ def _check_json(value: object, path: str, depth: int) -> Any:
             result[key] = _check_json(item, f"{path}[{key!r}]", depth + 1)
         return result
     if isinstance(value, (list, tuple)):
-        return [_check_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+        return [
+            _check_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
+        ]
     raise InvalidTypeError(f"{path} is a {type(value).__name__}, which is not a JSON value")
 
 
