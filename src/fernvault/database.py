@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.sql.expression import Executable
 
 from .errors import InvalidInputError, StorageError
 
@@ -54,6 +57,25 @@ def parse_url(url: str | URL) -> URL:
         raise InvalidInputError(f"invalid database URL {shown}") from None
 
 
+@dataclass(frozen=True)
+class DriverStatement:
+    """A SQLAlchemy statement compiled once to the driver's SQL and parameter style."""
+
+    sql: str
+    positional: tuple[str, ...] | None
+
+    @classmethod
+    def compile(cls, statement: Executable, dialect: Dialect) -> DriverStatement:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        positional = tuple(compiled.positiontup) if compiled.positional else None
+        return cls(str(compiled), positional)
+
+    def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        if self.positional is None:
+            return values
+        return [values[name] for name in self.positional]
+
+
 class Database:
     """One vault database: the engine, its display URL and transaction helpers."""
 
@@ -69,15 +91,27 @@ class Database:
             )
         self.engine = self._create_engine(parsed)
         _dispose_after_fork(self.engine)
+        self._compiled: dict[int, DriverStatement] = {}
+        # Single-statement reads run on one autocommit connection per thread,
+        # outside the pool: a read needs no BEGIN and COMMIT round trips.
+        self._reader_engine: Engine | None = None
+        self._readers: list[Any] = []
+        self._readers_lock = threading.Lock()
+        self._local = threading.local()
+        self._in_memory = self.dialect == "sqlite" and parsed.database in (None, "", ":memory:")
+        self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
 
-    def _create_engine(self, url: URL) -> Engine:
-        options: dict[str, Any] = {"hide_parameters": True}
+    def _create_engine(self, url: URL, **extra: Any) -> Engine:
+        options: dict[str, Any] = {"hide_parameters": True, **extra}
         if self.dialect == "sqlite":
             connect_args: dict[str, Any] = {"timeout": self.busy_timeout}
             if url.database in (None, "", ":memory:"):
                 # One shared connection, or each checkout would see an empty database.
                 connect_args["check_same_thread"] = False
                 options["poolclass"] = StaticPool
+            else:
+                # A rotation hands one connection between two threads, one at a time.
+                connect_args["check_same_thread"] = False
             options["connect_args"] = connect_args
             engine = create_engine(url, **options)
             _install_sqlite_hooks(engine, self.busy_timeout)
@@ -88,12 +122,95 @@ class Database:
             )
         if url.get_driver_name() != "psycopg":
             url = url.set(drivername="postgresql+psycopg")
-        options["pool_pre_ping"] = True
+        options.setdefault("pool_pre_ping", True)
         options["connect_args"] = {"connect_timeout": 10}
         return create_engine(url, **options)
 
     def dispose(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for reader in readers:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection must not mask dispose
+                logger.debug("closing a reader connection of %s failed", self.display_url)
+        self._local = threading.local()
+        if self._reader_engine is not None:
+            self._reader_engine.dispose()
         self.engine.dispose()
+
+    def driver_statement(self, statement: Executable) -> DriverStatement:
+        """Return ``statement`` compiled for this database, compiling it once."""
+        # Keyed by identity: the statements are module-level constants.
+        compiled = self._compiled.get(id(statement))
+        if compiled is None:
+            compiled = DriverStatement.compile(statement, self.engine.dialect)
+            self._compiled[id(statement)] = compiled
+        return compiled
+
+    def _reader(self) -> tuple[Any, Any]:
+        """Return this thread's reader connection and cursor, opening them on first use."""
+        cached = getattr(self._local, "reader", None)
+        if cached is not None and cached[0] == os.getpid():
+            return cached[1], cached[2]
+        with self._readers_lock:
+            if self._reader_engine is None:
+                self._reader_engine = self._create_engine(
+                    self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+                )
+        reader = self._reader_engine.raw_connection()
+        with self._readers_lock:
+            self._readers.append(reader)
+        cursor = reader.cursor()
+        self._local.reader = (os.getpid(), reader, cursor)
+        return reader, cursor
+
+    def _drop_reader(self) -> None:
+        cached = getattr(self._local, "reader", None)
+        self._local.reader = None
+        if cached is None:
+            return
+        with self._readers_lock:
+            if cached[1] in self._readers:
+                self._readers.remove(cached[1])
+        try:
+            cached[1].invalidate()
+        except Exception:  # noqa: BLE001 - the connection is being thrown away
+            logger.debug("invalidating a reader connection of %s failed", self.display_url)
+
+    def read_one(
+        self, operation: str, statement: Executable, values: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """Run one SELECT outside a transaction and return its first row.
+
+        A single statement sees one consistent snapshot on both databases, so
+        a lookup needs no transaction. A lost connection is replaced and the
+        read tried once more.
+        """
+        if self._in_memory:
+            return self.run(
+                operation, lambda c: c.execute(statement, dict(values)).first(), write=False
+            )
+        compiled = self.driver_statement(statement)
+        for attempt in (1, 2):
+            reader, cursor = self._reader()
+            try:
+                cursor.execute(compiled.sql, compiled.parameters(values))
+                row: tuple[Any, ...] | None = cursor.fetchone()  # both drivers return tuples
+                return row
+            except self._dbapi_error as exc:
+                disconnected = self.engine.dialect.is_disconnect(exc, reader, cursor)  # type: ignore[arg-type]
+                self._drop_reader()
+                if disconnected and attempt == 1:
+                    logger.info(
+                        "%s lost its connection to %s; reconnecting", operation, self.display_url
+                    )
+                    continue
+                wrapped = DBAPIError.instance(
+                    compiled.sql, None, exc, self._dbapi_error, hide_parameters=True
+                )
+                raise self.storage_error(operation, wrapped) from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Connection]:

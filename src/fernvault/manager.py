@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Select
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
 from . import keys as keyfile
@@ -335,34 +335,35 @@ class SecretManager:
         """
         if not check_secret_id(secret_id):
             return None
-        return self._read(lambda c: repo.secret_by_id(c, secret_id))
+        return self._read(repo.SECRET_BY_ID, {"secret_id": secret_id})
 
     def get_secret_by_name(self, name: str) -> str | None:
         """Return the value of the secret named ``name``, or None if there is none."""
         check_name(name)
-        return self._read(lambda c: repo.secret_by_name(c, name))
+        return self._read(repo.SECRET_BY_NAME, {"name": name})
 
-    def _read(self, lookup: Callable[[Connection], repo.SecretRow | None]) -> str | None:
+    def _read(self, statement: Select[Any], values: dict[str, str]) -> str | None:
         # A row under an unknown key id means another process rotated: reload
         # the keys, and read the row again in case it was rotated meanwhile.
-        stale: repo.SecretRow | None = None
+        stale: tuple[str, str] | None = None
         for _ in range(3):
-            row = self._db.run("read", lookup, write=False)
+            row = self._db.read_one("read", statement, values)
             if row is None:
                 return None
-            fernet = self._fernet_for(row.key_id)
+            secret_id, name, token, key_id = row
+            fernet = self._keys.get(key_id) or self._fernet_for(key_id)
             if fernet is None:
-                stale = row
+                stale = (secret_id, key_id)
                 continue
             try:
-                return unseal(fernet, row.token, row.id, row.name)
+                return unseal(fernet, token, secret_id, name)
             except IntegrityError:
-                logger.error("secret %s failed its integrity check", row.id)
+                logger.error("secret %s failed its integrity check", secret_id)
                 raise
         assert stale is not None
-        message = f"secret {stale.id} refers to data key {stale.key_id}, which is not in {self.url}"
+        message = f"secret {stale[0]} refers to data key {stale[1]}, which is not in {self.url}"
         logger.error("%s", message)
-        raise IntegrityError(message, secret_id=stale.id)
+        raise IntegrityError(message, secret_id=stale[0])
 
     def list_secrets(self) -> list[dict[str, Any]]:
         """Return id, name, created_at, updated_at (ISO 8601, UTC) and metadata of each secret.

@@ -102,6 +102,11 @@ def insert_secrets(connection: Connection, rows: Sequence[dict[str, Any]]) -> No
     connection.execute(insert(secrets_table), list(rows))
 
 
+# Lookups that the manager runs outside a transaction with Database.read_one.
+SECRET_BY_ID = select(*_SECRET_COLUMNS).where(secrets_table.c.id == bindparam("secret_id"))
+SECRET_BY_NAME = select(*_SECRET_COLUMNS).where(secrets_table.c.name == bindparam("name"))
+
+
 def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
     row = connection.execute(
         select(*_SECRET_COLUMNS).where(secrets_table.c.id == secret_id)

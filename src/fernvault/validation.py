@@ -33,6 +33,8 @@ def check_name(name: object) -> str:
         raise InvalidInputError(
             f"secret name is {len(name)} characters long; the maximum is {MAX_NAME_LENGTH}"
         )
+    if name.isprintable():
+        return name  # fast path: no control character, surrogate or line break
     for position, character in enumerate(name):
         category = unicodedata.category(character)
         if category in ("Cc", "Cs"):
