@@ -1,0 +1,163 @@
+"""Command line of the benchmark: ``python -m bench [--full] [options]``.
+
+Without options it runs the quick set (1,000 and 10,000 secrets), which takes
+a few minutes; ``--full`` adds 100,000 secrets. Results go to
+``bench/results/``: the raw measurements and summary as JSON, the tables as
+Markdown, and the rotation plot as PNG. ``--from-json`` redraws the tables
+and the plot of an earlier run without measuring again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import report, runner
+
+QUICK_SIZES = "1000,10000"
+FULL_SIZES = "1000,10000,100000"
+DATABASE_NAMES = {"sqlite": "sqlite", "postgres": "postgresql", "postgresql": "postgresql"}
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part.replace("_", "")) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _databases(text: str) -> tuple[str, ...]:
+    names = []
+    for part in text.split(","):
+        if part not in DATABASE_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown database {part!r}; use sqlite or postgres")
+        names.append(DATABASE_NAMES[part])
+    return tuple(names)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure fernvault against a hand-written floor and SQLAlchemy-Utils.",
+    )
+    parser.add_argument(
+        "--db", type=_databases, default=("sqlite", "postgresql"),
+        help="databases, comma-separated: sqlite, postgres (default: both)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--n", type=_integers, default=None,
+        help=f"vault sizes in secrets, comma-separated (default: {QUICK_SIZES}; "
+        f"with --full: {FULL_SIZES})",
+    )  # fmt: skip
+    parser.add_argument("--full", action="store_true", help="measure up to 100,000 secrets")
+    parser.add_argument(
+        "--value-sizes", type=_integers, default=(64, 4096),
+        help="value sizes in bytes, comma-separated (default: 64,4096)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions; cells are medians (default: 3)"
+    )
+    parser.add_argument(
+        "--store-count", type=int, default=None,
+        help="secrets stored one commit each, after the import (default: 200; 500 with --full)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--get-count", type=int, default=2000,
+        help="random names read by get_secret_by_name (default: 2000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pg-url", default=runner.DEFAULT_PG_ADMIN_URL,
+        help="SQLAlchemy URL of a PostgreSQL maintenance database; each run creates and "
+        "drops its own databases on that server (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", type=Path, default=runner.REPOSITORY / "bench" / "results",
+        help="folder for the JSON, Markdown and PNG results (default: bench/results)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fernvault-ref", metavar="REVISION",
+        help="measure fernvault as committed at this git revision (for example HEAD) "
+        "instead of the work tree",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-json", type=Path, help="summarize an earlier run's JSON instead of measuring"
+    )
+    return parser
+
+
+def _settings(arguments: argparse.Namespace) -> runner.Settings:
+    if arguments.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
+    sizes = arguments.n or _integers(FULL_SIZES if arguments.full else QUICK_SIZES)
+    store_count = arguments.store_count or (500 if arguments.full else 200)
+    return runner.Settings(
+        databases=arguments.db,
+        sizes=sizes,
+        value_sizes=arguments.value_sizes,
+        repeat=arguments.repeat,
+        store_count=store_count,
+        get_count=arguments.get_count,
+        pg_admin_url=arguments.pg_url,
+        fernvault_ref=arguments.fernvault_ref,
+    )
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _measure(arguments: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings(arguments)
+    started = time.monotonic()
+    environment = runner.environment(settings)
+    measurements = runner.run(settings, _log)
+    environment["load_average_after"] = os.getloadavg()
+    environment["seconds"] = round(time.monotonic() - started, 1)
+    return {
+        "settings": settings.__dict__,
+        "environment": environment,
+        "measurements": measurements,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parser().parse_args(argv)
+    if arguments.from_json:
+        run = json.loads(arguments.from_json.read_text(encoding="utf-8"))
+        stem = arguments.from_json.with_suffix("")
+    else:
+        run = _measure(arguments)
+        arguments.output.mkdir(parents=True, exist_ok=True)
+        stem = arguments.output / time.strftime("bench-%Y%m%dT%H%M%SZ", time.gmtime())
+        stem.with_suffix(".json").write_text(json.dumps(run, indent=1), encoding="utf-8")
+
+    summaries = report.summarize(run["measurements"])
+    checks = report.check_targets(summaries)
+    text = "\n".join(
+        [
+            report.markdown_tables(summaries),
+            report.noise_note(summaries),
+            "",
+            "Targets:",
+            *(check.line() for check in checks),
+            "",
+        ]
+    )
+    stem.with_suffix(".md").write_text(text, encoding="utf-8")
+    report.plot(summaries, stem.with_suffix(".png"))
+    print(text)
+    print(f"results: {stem}.json, .md, .png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
