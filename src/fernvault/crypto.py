@@ -105,6 +105,7 @@ class DataKeyCache:
     """
 
     _fernets: dict[str, Fernet] = field(default_factory=dict, repr=False)
+    _damaged: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def get(self, key_id: str) -> Fernet | None:
@@ -114,13 +115,28 @@ class DataKeyCache:
         fernet = Fernet(key)
         with self._lock:
             self._fernets[key_id] = fernet
+            self._damaged.pop(key_id, None)
         return fernet
+
+    def mark_damaged(self, key_id: str, reason: str) -> None:
+        """Record that the data key row ``key_id`` failed to unwrap because it was altered."""
+        with self._lock:
+            self._damaged[key_id] = reason
+
+    def damage(self, key_id: str) -> str | None:
+        """Return why data key ``key_id`` is unusable, or None if it is not known damaged."""
+        return self._damaged.get(key_id)
 
     def retain(self, key_ids: set[str]) -> None:
         """Forget every key not in ``key_ids`` (keys deleted by a rotation)."""
         with self._lock:
             for key_id in set(self._fernets) - key_ids:
                 del self._fernets[key_id]
+            for key_id in set(self._damaged) - key_ids:
+                del self._damaged[key_id]
 
     def __repr__(self) -> str:
-        return f"DataKeyCache(key_ids={sorted(self._fernets)!r})"
+        return (
+            f"DataKeyCache(key_ids={sorted(self._fernets)!r}, "
+            f"damaged_key_ids={sorted(self._damaged)!r})"
+        )

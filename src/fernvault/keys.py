@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from .errors import KeyFileError, WrongMasterKeyError
+from .errors import IntegrityError, KeyFileError, WrongMasterKeyError
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ KEY_FILE_ENV = "FERNVAULT_KEY_FILE"
 # base64.urlsafe_b64decode skips characters outside the alphabet, so the
 # shape is checked first to reject garbage that would decode by accident.
 _FERNET_KEY_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}=")
+
+# A wrapped data key is a Fernet token under the master key whose plaintext is
+# version (1 byte, 0x01) | data key id (32 ASCII bytes) | data key (44 bytes of
+# base64). The id inside the token binds it to its row: a wrapped key copied
+# onto another data key row fails to unwrap with an IntegrityError.
+_WRAP_VERSION = b"\x01"
 
 
 class KeyFilePermissionWarning(UserWarning):
@@ -94,22 +100,41 @@ class MasterKeyRing:
     def primary(self) -> MasterKey:
         return self.keys[0]
 
-    def wrap(self, data_key: bytes) -> tuple[str, str]:
-        """Encrypt a data key under the primary master key; return token and master key id."""
-        return self.primary.fernet.encrypt(data_key).decode("ascii"), self.primary.key_id
+    def wrap(self, data_key: bytes, *, data_key_id: str) -> tuple[str, str]:
+        """Encrypt a data key bound to its id under the primary master key.
+
+        Returns the wrapped key and the primary master key's id.
+        """
+        payload = _WRAP_VERSION + data_key_id.encode("ascii", errors="replace") + data_key
+        return self.primary.fernet.encrypt(payload).decode("ascii"), self.primary.key_id
 
     def unwrap(self, wrapped: str, master_key_id: str, *, data_key_id: str, where: str) -> bytes:
         """Decrypt a wrapped data key, trying the key named by ``master_key_id`` first.
 
-        Raises WrongMasterKeyError naming ``where`` (the database) when no key fits.
+        Raises IntegrityError when the wrapped key was altered (the master key
+        with its fingerprint does not open it) or belongs to another data key
+        row, and WrongMasterKeyError naming ``where`` (the database) when no
+        configured master key has its fingerprint or opens it.
         """
         ordered = sorted(self.keys, key=lambda key: key.key_id != master_key_id)
-        token = wrapped.encode("ascii")
+        try:
+            token = wrapped.encode("ascii")
+        except UnicodeEncodeError:
+            token = b""
         for key in ordered:
             try:
-                return key.fernet.decrypt(token)
+                payload = key.fernet.decrypt(token)
             except InvalidToken:
                 continue
+            return self._check_binding(payload, data_key_id, where)
+        if any(key.key_id == master_key_id for key in self.keys):
+            message = (
+                f"data key {data_key_id} in {where} was altered: master key {master_key_id} "
+                f"from {self.source} wrapped it but does not open it; restore the database "
+                "from a backup"
+            )
+            logger.error("%s", message)
+            raise IntegrityError(message)
         message = (
             f"no master key from {self.source} unwraps data key {data_key_id} in {where} "
             f"(it was wrapped by master key {master_key_id}); use the key file that created "
@@ -117,6 +142,20 @@ class MasterKeyRing:
         )
         logger.error("%s", message)
         raise WrongMasterKeyError(message)
+
+    @staticmethod
+    def _check_binding(payload: bytes, data_key_id: str, where: str) -> bytes:
+        header = _WRAP_VERSION + data_key_id.encode("ascii", errors="replace")
+        data_key = payload[len(header) :]
+        if payload.startswith(header) and _FERNET_KEY_SHAPE.fullmatch(data_key.decode("latin-1")):
+            return data_key
+        message = (
+            f"data key {data_key_id} in {where} holds a wrapped key made for another data "
+            "key row: it was copied or swapped in the database; restore the database from "
+            "a backup"
+        )
+        logger.error("%s", message)
+        raise IntegrityError(message)
 
     def __repr__(self) -> str:
         ids = ", ".join(key.key_id for key in self.keys)

@@ -28,6 +28,7 @@ from .errors import (
     SecretExistsError,
     SecretNotFoundError,
     StorageError,
+    WrongMasterKeyError,
 )
 from .keys import MasterKeyRing
 from .schema import ensure_schema, lock_schema
@@ -159,30 +160,50 @@ class SecretManager:
             if repo.active_data_key(connection) is not None:
                 return
             key_id, key = new_data_key()
-            wrapped, master_key_id = self._ring.wrap(key)
+            wrapped, master_key_id = self._ring.wrap(key, data_key_id=key_id)
             repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
             logger.info("created data key %s in %s", key_id, self.url)
 
         self._db.run("data key creation", create)
 
     def _reload_data_keys(self, connection: Connection | None = None) -> None:
-        """Unwrap every data key of the database into the cache, forgetting deleted ones."""
+        """Unwrap every data key of the database into the cache, forgetting deleted ones.
+
+        A data key row that was altered is marked damaged, so only the secrets
+        under it fail to read. Raises WrongMasterKeyError when the master keys
+        unwrap none of the data keys.
+        """
         if connection is None:
             rows = self._db.run("data key load", repo.all_data_keys, write=False)
         else:
             rows = repo.all_data_keys(connection)
+        unwrapped = 0
+        wrong_master_key: WrongMasterKeyError | None = None
         for row in rows:
-            if self._keys.get(row.id) is None:
+            if self._keys.get(row.id) is not None:
+                unwrapped += 1
+                continue
+            try:
                 key = self._ring.unwrap(
                     row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
                 )
-                self._keys.put(row.id, key)
+            except WrongMasterKeyError as exc:
+                wrong_master_key = wrong_master_key or exc
+                self._keys.mark_damaged(row.id, str(exc))
+                continue
+            except IntegrityError as exc:
+                self._keys.mark_damaged(row.id, str(exc))
+                continue
+            self._keys.put(row.id, key)
+            unwrapped += 1
         self._keys.retain({row.id for row in rows})
+        if wrong_master_key is not None and unwrapped == 0:
+            raise wrong_master_key
         logger.debug("loaded %d data keys from %s", len(rows), self.url)
 
     def _fernet_for(self, key_id: str, connection: Connection | None = None) -> Fernet | None:
         fernet = self._keys.get(key_id)
-        if fernet is None:
+        if fernet is None and self._keys.damage(key_id) is None:
             self._reload_data_keys(connection)
             fernet = self._keys.get(key_id)
         return fernet
@@ -199,7 +220,12 @@ class SecretManager:
             if row is not None:
                 fernet = self._fernet_for(row.id, connection)
                 if fernet is None:
-                    raise IntegrityError(f"data key {row.id} in {self.url} could not be loaded")
+                    message = (
+                        self._keys.damage(row.id)
+                        or f"data key {row.id} in {self.url} could not be loaded"
+                    )
+                    logger.error("%s", message)
+                    raise IntegrityError(message)
                 return row.id, fernet
         message = f"the active data key of {self.url} kept changing; try again"
         logger.error("%s", message)
@@ -353,6 +379,7 @@ class SecretManager:
             secret_id, name, token, key_id = row
             fernet = self._keys.get(key_id) or self._fernet_for(key_id)
             if fernet is None:
+                self._raise_if_damaged(secret_id, key_id)
                 stale = (secret_id, key_id)
                 continue
             try:
@@ -364,6 +391,14 @@ class SecretManager:
         message = f"secret {stale[0]} refers to data key {stale[1]}, which is not in {self.url}"
         logger.error("%s", message)
         raise IntegrityError(message, secret_id=stale[0])
+
+    def _raise_if_damaged(self, secret_id: str, key_id: str) -> None:
+        """Raise IntegrityError naming the secret when its data key row was altered."""
+        damage = self._keys.damage(key_id)
+        if damage is not None:
+            message = f"secret {secret_id} cannot be decrypted: {damage}"
+            logger.error("%s", message)
+            raise IntegrityError(message, secret_id=secret_id)
 
     def list_secrets(self) -> list[dict[str, Any]]:
         """Return id, name, created_at, updated_at (ISO 8601, UTC) and metadata of each secret.
@@ -422,7 +457,7 @@ class SecretManager:
         def work(connection: Connection) -> int:
             old_key_id, _ = self._locked_active_key(connection, "update")
             total = repo.count_secrets(connection)
-            wrapped, master_key_id = self._ring.wrap(key)
+            wrapped, master_key_id = self._ring.wrap(key, data_key_id=key_id)
             repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
             done = 0
             for page in repo.secret_pages(connection, self.batch_size):
@@ -499,7 +534,7 @@ class SecretManager:
                 key = ring.unwrap(
                     row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
                 )
-                wrapped, master_key_id = ring.wrap(key)
+                wrapped, master_key_id = ring.wrap(key, data_key_id=row.id)
                 rewrapped.append(repo.DataKeyRow(row.id, wrapped, master_key_id))
             repo.rewrap_data_keys(connection, rewrapped)
             return len(rewrapped)
@@ -542,7 +577,11 @@ class SecretManager:
         fernet = self._fernet_for(row.key_id, connection)
         try:
             if fernet is None:
-                raise IntegrityError(f"data key {row.key_id} is missing", secret_id=row.id)
+                self._raise_if_damaged(row.id, row.key_id)
+                raise IntegrityError(
+                    f"secret {row.id} refers to data key {row.key_id}, which is not in {self.url}",
+                    secret_id=row.id,
+                )
             unseal(fernet, row.token, row.id, row.name)
         except DecryptionError as exc:
             report.failures.append({"id": row.id, "name": row.name, "error": str(exc)})
