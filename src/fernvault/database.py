@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, make_url
@@ -63,17 +63,30 @@ class DriverStatement:
 
     sql: str
     positional: tuple[str, ...] | None
+    defaults: Mapping[str, Any]
 
     @classmethod
     def compile(cls, statement: Executable, dialect: Dialect) -> DriverStatement:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
         positional = tuple(compiled.positiontup) if compiled.positional else None
-        return cls(str(compiled), positional)
+        # Parameters the compiler added itself, such as SQLite's "OFFSET 0".
+        defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        return cls(str(compiled), positional, defaults)
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        if self.defaults:
+            values = {**self.defaults, **values}
         if self.positional is None:
             return values
         return [values[name] for name in self.positional]
+
+    def execute(self, cursor: Any, values: Mapping[str, Any]) -> Any:
+        cursor.execute(self.sql, self.parameters(values))
+        return cursor
+
+    def executemany(self, cursor: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            cursor.executemany(self.sql, [self.parameters(row) for row in rows])
 
 
 class Database:
@@ -195,8 +208,8 @@ class Database:
         for attempt in (1, 2):
             reader, cursor = self._reader()
             try:
-                cursor.execute(compiled.sql, compiled.parameters(values))
-                row: tuple[Any, ...] | None = cursor.fetchone()  # both drivers return tuples
+                # Both drivers return plain tuples.
+                row: tuple[Any, ...] | None = compiled.execute(cursor, values).fetchone()
                 return row
             except self._dbapi_error as exc:
                 disconnected = self.engine.dialect.is_disconnect(exc, reader, cursor)  # type: ignore[arg-type]
@@ -233,24 +246,36 @@ class Database:
             try:
                 with self._transaction(write=write) as connection:
                     return work(connection)
-            except DBAPIError as exc:
-                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
+            except (DBAPIError, self._dbapi_error) as exc:
+                error = self._as_dbapi_error(exc)
+                if _sqlstate(error) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
                     delay = 0.02 * 2**attempt
                     logger.info(
                         "%s on %s hit %s; retrying in %.2f s (attempt %d of %d)",
                         operation,
                         self.display_url,
-                        _sqlstate(exc),
+                        _sqlstate(error),
                         delay,
                         attempt,
                         _MAX_ATTEMPTS,
                     )
                     time.sleep(delay)
                     continue
-                raise self.storage_error(operation, exc) from exc
+                kind = _constraint_kind(error)
+                if kind is not None:
+                    message = f"{operation} violated a {kind} constraint"
+                    raise ConstraintViolation(kind, message) from exc
+                raise self.storage_error(operation, error) from exc
             except SQLAlchemyError as exc:
                 raise self.storage_error(operation, exc) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _as_dbapi_error(self, exc: Exception) -> DBAPIError:
+        """Wrap an error raised by a driver cursor like SQLAlchemy wraps its own."""
+        if isinstance(exc, DBAPIError):
+            return exc
+        wrapped = DBAPIError.instance(None, None, exc, self._dbapi_error, hide_parameters=True)
+        return cast(DBAPIError, wrapped)
 
     def storage_error(self, operation: str, exc: SQLAlchemyError) -> StorageError:
         """Build a StorageError that names the operation, the database and the cause.
@@ -266,6 +291,33 @@ class Database:
 
 def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
+
+
+def _constraint_kind(exc: DBAPIError) -> str | None:
+    """Return "unique" or "foreign key" when ``exc`` is that constraint violation."""
+    code = _sqlstate(exc)
+    if code == "23505":
+        return "unique"
+    if code == "23503":
+        return "foreign key"
+    text = str(exc.orig)
+    if text.startswith("UNIQUE constraint failed"):
+        return "unique"
+    if text.startswith("FOREIGN KEY constraint failed"):
+        return "foreign key"
+    return None
+
+
+class ConstraintViolation(StorageError):
+    """A write broke a unique or foreign key constraint; the manager decides what it means.
+
+    Not logged here: a foreign key violation is the normal sign that another
+    process rotated the data key, and the write is retried under the new key.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def _describe(exc: SQLAlchemyError, busy_timeout: float) -> str:

@@ -10,16 +10,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.fernet import Fernet
 from sqlalchemy import Connection, Select
-from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
 from . import keys as keyfile
 from . import repository as repo
 from .crypto import DataKeyCache, new_data_key, reseal, seal, unseal
-from .database import URL_ENV, Database, sqlite_url_for
+from .database import URL_ENV, ConstraintViolation, Database, sqlite_url_for
 from .errors import (
     DecryptionError,
     IntegrityError,
@@ -31,16 +30,25 @@ from .errors import (
     WrongMasterKeyError,
 )
 from .keys import MasterKeyRing
+from .rotation import reencrypt_all
 from .schema import ensure_schema, lock_schema
 from .validation import check_metadata, check_name, check_secret_id, check_value
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of a rotation or verification."""
 
 DEFAULT_BATCH_SIZE = 1000
 _LOCK_RETRIES = 20
+
+
+def _with_key(
+    work: Callable[[Connection, str, Fernet], _T], key_id: str, fernet: Fernet
+) -> Callable[[Connection], _T]:
+    return lambda connection: work(connection, key_id, fernet)
 
 
 def _now() -> datetime:
@@ -102,6 +110,10 @@ class SecretManager:
         )
         self.batch_size = batch_size
         self._keys = DataKeyCache()
+        # The data key new writes use, as last seen. A write under a key that
+        # another process has since retired fails its foreign key check, and
+        # the write is retried after reloading the keys.
+        self._active: tuple[str, Fernet | None] = ("", None)
 
         url = url or os.environ.get(URL_ENV) or self._default_sqlite_url()
         self._db = Database(url, busy_timeout=busy_timeout)
@@ -199,6 +211,9 @@ class SecretManager:
         self._keys.retain({row.id for row in rows})
         if wrong_master_key is not None and unwrapped == 0:
             raise wrong_master_key
+        if rows:
+            # all_data_keys returns the newest key first: the one new writes use.
+            self._active = (rows[0].id, self._keys.get(rows[0].id))
         logger.debug("loaded %d data keys from %s", len(rows), self.url)
 
     def _fernet_for(self, key_id: str, connection: Connection | None = None) -> Fernet | None:
@@ -207,6 +222,37 @@ class SecretManager:
             self._reload_data_keys(connection)
             fernet = self._keys.get(key_id)
         return fernet
+
+    def _write_with_active_key(
+        self, operation: str, work: Callable[[Connection, str, Fernet], _T]
+    ) -> _T:
+        """Run ``work`` in a write transaction with the active data key id and key.
+
+        No lock is taken on the data key row: the foreign key check on the
+        secret row does it (PostgreSQL locks the referenced key row FOR KEY
+        SHARE, which waits for a rotation's FOR UPDATE). If a rotation has
+        retired the key, the check fails; the keys are reloaded and ``work``
+        runs again under the new active key.
+        """
+        for _ in range(_LOCK_RETRIES):
+            key_id, fernet = self._active
+            if fernet is None:
+                self._reload_data_keys()
+                key_id, fernet = self._active
+                if fernet is None:
+                    message = self._keys.damage(key_id) or f"no usable data key in {self.url}"
+                    logger.error("%s", message)
+                    raise IntegrityError(message)
+            try:
+                return self._db.run(operation, _with_key(work, key_id, fernet))
+            except ConstraintViolation as exc:
+                if exc.kind != "foreign key":
+                    raise
+                logger.info("data key %s was retired by a rotation; reloading keys", key_id)
+                self._reload_data_keys()
+        message = f"the active data key of {self.url} kept changing; try again"
+        logger.error("%s", message)
+        raise RotationConflictError(message)
 
     def _locked_active_key(self, connection: Connection, lock: repo.RowLock) -> tuple[str, Fernet]:
         """Lock the active data key row in ``connection`` and return it, unwrapped.
@@ -269,9 +315,12 @@ class SecretManager:
             check_value(value)
         ids = {name: secrets.token_hex(16) for name, _ in pairs}
 
-        def work(connection: Connection) -> dict[str, str]:
-            key_id, fernet = self._locked_active_key(connection, "share")
-            taken = repo.existing_names(connection, [name for name, _ in pairs])
+        def work(connection: Connection, key_id: str, fernet: Fernet) -> dict[str, str]:
+            # A single store relies on the unique constraint; a batch looks first
+            # so that it can name every taken name or skip them.
+            taken: set[str] = set()
+            if len(pairs) > 1 or skip_existing:
+                taken = repo.existing_names(connection, [name for name, _ in pairs])
             if taken and not skip_existing:
                 raise self._exists_error(sorted(taken))
             now = _now()
@@ -293,12 +342,12 @@ class SecretManager:
             return {row["name"]: row["id"] for row in rows}
 
         try:
-            stored = self._db.run("store", work)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, DatabaseIntegrityError):
-                # Another writer inserted one of the names after this one checked.
-                raise self._exists_error(sorted(ids)) from None
-            raise
+            stored = self._write_with_active_key("store", work)
+        except ConstraintViolation as exc:
+            if exc.kind != "unique":
+                raise
+            # Another writer took a name after the check, or a single store hit it.
+            raise self._exists_error(sorted(ids)) from None
         for name, secret_id in stored.items():
             logger.info("stored secret %s (%s)", secret_id, name)
         return stored
@@ -321,8 +370,7 @@ class SecretManager:
         if not check_secret_id(secret_id):
             raise self._not_found(f"secret {secret_id!r}")
 
-        def work(connection: Connection) -> None:
-            key_id, fernet = self._locked_active_key(connection, "share")
+        def work(connection: Connection, key_id: str, fernet: Fernet) -> None:
             row = repo.secret_by_id(connection, secret_id)
             if row is None:
                 raise self._not_found(f"secret {secret_id}")
@@ -335,7 +383,7 @@ class SecretManager:
                 metadata=new_metadata,
             )
 
-        self._db.run("update", work)
+        self._write_with_active_key("update", work)
         logger.info("updated secret %s", secret_id)
 
     def update_secret_by_name(
@@ -343,6 +391,9 @@ class SecretManager:
     ) -> str:
         """Replace the value of the secret named ``name``; return its unchanged id."""
         check_name(name)
+        check_value(value)
+        if metadata is not None:
+            check_metadata(metadata)
         secret_id = self._db.run("lookup", lambda c: repo.secret_id_for_name(c, name), write=False)
         if secret_id is None:
             raise self._not_found(f"secret named {name!r}")
@@ -422,11 +473,8 @@ class SecretManager:
         if not check_secret_id(secret_id):
             return False
 
-        def work(connection: Connection) -> bool:
-            self._locked_active_key(connection, "share")
-            return repo.delete_secret(connection, secret_id)
-
-        deleted = self._db.run("delete", work)
+        # No data key lock: a rotation that reaches a deleted row skips it.
+        deleted = self._db.run("delete", lambda c: repo.delete_secret(c, secret_id))
         if deleted:
             logger.info("deleted secret %s", secret_id)
         return deleted
@@ -456,18 +504,20 @@ class SecretManager:
 
         def work(connection: Connection) -> int:
             old_key_id, _ = self._locked_active_key(connection, "update")
+            # Load every key now: the re-encryption loop must not use the connection.
+            self._reload_data_keys(connection)
             total = repo.count_secrets(connection)
             wrapped, master_key_id = self._ring.wrap(key, data_key_id=key_id)
             repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
-            done = 0
-            for page in repo.secret_pages(connection, self.batch_size):
-                tokens = [
-                    (row.id, self._reseal_for_rotation(connection, row, new_fernet)) for row in page
-                ]
-                repo.update_tokens(connection, key_id, tokens)
-                done += len(page)
-                if progress is not None:
-                    progress(done, total)
+            done = reencrypt_all(
+                connection,
+                self._db,
+                key_id=key_id,
+                batch_size=self.batch_size,
+                reseal=lambda row: self._reseal_for_rotation(row, new_fernet),
+                total=total,
+                progress=progress,
+            )
             removed = repo.delete_data_keys_except(connection, key_id)
             logger.debug("rotation replaced data key %s and removed %d keys", old_key_id, removed)
             return done
@@ -475,6 +525,7 @@ class SecretManager:
         count = self._db.run("rotation", work)
         self._keys.put(key_id, key)
         self._keys.retain({key_id})
+        self._active = (key_id, new_fernet)
         seconds = time.monotonic() - started
         logger.info(
             "rotated data key of %s: %d secrets re-encrypted under %s in %.2f s",
@@ -485,10 +536,8 @@ class SecretManager:
         )
         return RotationResult(key_id=key_id, secrets=count, seconds=seconds)
 
-    def _reseal_for_rotation(
-        self, connection: Connection, row: repo.SecretRow, new_fernet: Fernet
-    ) -> str:
-        fernet = self._fernet_for(row.key_id, connection)
+    def _reseal_for_rotation(self, row: repo.SecretRow, new_fernet: Fernet) -> str:
+        fernet = self._keys.get(row.key_id)
         try:
             if fernet is None:
                 raise IntegrityError(

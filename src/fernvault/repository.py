@@ -106,6 +106,22 @@ def insert_secrets(connection: Connection, rows: Sequence[dict[str, Any]]) -> No
 SECRET_BY_ID = select(*_SECRET_COLUMNS).where(secrets_table.c.id == bindparam("secret_id"))
 SECRET_BY_NAME = select(*_SECRET_COLUMNS).where(secrets_table.c.name == bindparam("name"))
 
+# The rotation's page query and row update, run on the driver cursor. The page
+# locks its rows FOR UPDATE on PostgreSQL (SQLite ignores the clause), so a
+# concurrent update of a row waits for the rotation instead of being overwritten.
+SECRET_PAGE = (
+    select(*_SECRET_COLUMNS)
+    .where(secrets_table.c.id > bindparam("after"))
+    .order_by(secrets_table.c.id)
+    .limit(bindparam("batch_size"))
+    .with_for_update()
+)
+UPDATE_TOKEN = (
+    update(secrets_table)
+    .where(secrets_table.c.id == bindparam("b_id"))
+    .values(token=bindparam("b_token"), key_id=bindparam("b_key_id"))
+)
+
 
 def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
     row = connection.execute(
