@@ -394,6 +394,9 @@ class SecretManager:
         check_value(value)
         if metadata is not None:
             check_metadata(metadata)
+        check_value(value)
+        if metadata is not None:
+            check_metadata(metadata)
         secret_id = self._db.run("lookup", lambda c: repo.secret_id_for_name(c, name), write=False)
         if secret_id is None:
             raise self._not_found(f"secret named {name!r}")

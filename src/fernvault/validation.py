@@ -20,11 +20,30 @@ MAX_NAME_LENGTH = 255  # characters; the column is VARCHAR(255)
 MAX_VALUE_BYTES = 4 * 1024 * 1024  # UTF-8 bytes of one value
 MAX_METADATA_BYTES = 64 * 1024  # bytes of the metadata serialized as JSON
 MAX_METADATA_DEPTH = 32
+# PostgreSQL's JSONB prints a number of 1e16 or more without a decimal point
+# (Python writes such floats with an exponent), so it would come back as an
+# int that differs from the float. Smaller floats round-trip on both databases.
+MAX_METADATA_FLOAT = 1e16
 
 _SECRET_ID = re.compile(r"[0-9a-f]{32}")
 
+# Rejected in names besides control characters (Cc) and surrogates (Cs): the
+# line and paragraph separators, which split log lines like a newline, and the
+# bidirectional embedding, override and isolate characters, which make a name
+# display as a different one. Other format characters (Cf), such as the zero
+# width joiner inside emoji sequences, are allowed.
+_NAME_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 
 def check_name(name: object) -> str:
+    """Return ``name`` after checking its type, length and characters.
+
+    Raises InvalidTypeError for a non-str and InvalidInputError for a name
+    that is empty, only whitespace, longer than MAX_NAME_LENGTH characters, or
+    contains a control character, a line or paragraph separator or a
+    bidirectional control character.
+    """
     if not isinstance(name, str):
         raise InvalidTypeError(f"secret name must be a str, not {type(name).__name__}")
     if not name.strip():
@@ -37,10 +56,10 @@ def check_name(name: object) -> str:
         return name  # fast path: no control character, surrogate or line break
     for position, character in enumerate(name):
         category = unicodedata.category(character)
-        if category in ("Cc", "Cs"):
+        if category in _NAME_FORBIDDEN_CATEGORIES or character in _BIDI_CONTROLS:
             raise InvalidInputError(
-                f"secret name contains a control character (U+{ord(character):04X}) "
-                f"at position {position}"
+                f"secret name contains U+{ord(character):04X} at position {position}; "
+                "control characters, line separators and bidirectional controls are not allowed"
             )
     return name
 
@@ -80,7 +99,11 @@ def check_metadata(metadata: object) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise InvalidTypeError(f"metadata must be a dict, not {type(metadata).__name__}")
     copy = _check_json(metadata, "metadata", 0)
-    size = len(json.dumps(copy, ensure_ascii=False).encode("utf-8"))
+    try:
+        size = len(json.dumps(copy, ensure_ascii=False).encode("utf-8"))
+    except ValueError:
+        # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits.
+        raise InvalidInputError("metadata contains an integer too large for JSON") from None
     if size > MAX_METADATA_BYTES:
         raise InvalidInputError(
             f"metadata is {size} bytes as JSON; the maximum is {MAX_METADATA_BYTES}"
@@ -99,6 +122,11 @@ def _check_json(value: object, path: str, depth: int) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidInputError(f"{path} is {value}, which JSON cannot represent")
+        if abs(value) >= MAX_METADATA_FLOAT:
+            raise InvalidInputError(
+                f"{path} is the float {value!r}; floats must be below {MAX_METADATA_FLOAT:g} "
+                "in magnitude, so store it as an int or a str"
+            )
         return float(value)
     if isinstance(value, str):
         _check_json_string(value, path)
