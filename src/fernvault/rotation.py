@@ -23,21 +23,24 @@ from sqlalchemy import Connection
 
 from . import repository as repo
 from .database import Database, DriverStatement
+from .models import secrets_table
 
 Progress = Callable[[int, int], None]
 
 
-class _PageWriter(threading.Thread):
-    """Runs the UPDATE of each page handed to it, in order, on the shared connection."""
+PageWrite = Callable[[Any, Sequence[tuple[str, str]]], None]
+"""Writes one page of (secret id, new token) pairs with a driver cursor."""
 
-    def __init__(
-        self, dbapi_connection: Any, lock: threading.Lock, update: DriverStatement
-    ) -> None:
+
+class _PageWriter(threading.Thread):
+    """Writes each page handed to it, in order, on the shared connection."""
+
+    def __init__(self, dbapi_connection: Any, lock: threading.Lock, write: PageWrite) -> None:
         super().__init__(name="fernvault-rotation-writer", daemon=True)
         self._connection = dbapi_connection
         self._lock = lock
-        self._update = update
-        self._pages: queue.Queue[Sequence[dict[str, str]] | None] = queue.Queue(maxsize=1)
+        self._write = write
+        self._pages: queue.Queue[Sequence[tuple[str, str]] | None] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -49,23 +52,18 @@ class _PageWriter(threading.Thread):
                 continue  # drain: the rotation is failing and will roll back
             try:
                 with self._lock:
-                    cursor = self._connection.cursor()
-                    try:
-                        self._update.executemany(cursor, page)
-                    finally:
-                        cursor.close()
+                    self.write_now(page)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the rotating thread
                 self.error = exc
 
-    def submit(self, page: Sequence[dict[str, str]]) -> None:
+    def submit(self, page: Sequence[tuple[str, str]]) -> None:
         self._raise_error()
         self._pages.put(page)
 
-    def write_now(self, page: Sequence[dict[str, str]]) -> None:
-        """Write ``page`` in the calling thread, for a writer that was never started."""
+    def write_now(self, page: Sequence[tuple[str, str]]) -> None:
         cursor = self._connection.cursor()
         try:
-            self._update.executemany(cursor, page)
+            self._write(cursor, page)
         finally:
             cursor.close()
 
@@ -82,6 +80,48 @@ class _PageWriter(threading.Thread):
     def _raise_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def _update_rows(update: DriverStatement, key_id: str) -> PageWrite:
+    def write(cursor: Any, page: Sequence[tuple[str, str]]) -> None:
+        update.executemany(
+            cursor,
+            [
+                {"b_id": secret_id, "b_token": token, "b_key_id": key_id}
+                for secret_id, token in page
+            ],
+        )
+
+    return write
+
+
+_STAGING = "fernvault_rotation_page"
+
+
+def _copy_and_update(cursor: Any, key_id: str) -> PageWrite:
+    """Return a PostgreSQL page write: COPY into a temporary table, then one UPDATE.
+
+    COPY streams a page in one round trip and the UPDATE joins it server-side,
+    which is several times faster than one UPDATE statement per row.
+    """
+    table = secrets_table.name
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE {_STAGING} (id VARCHAR(32) NOT NULL, token TEXT NOT NULL) "
+        "ON COMMIT DROP"
+    )
+    update = (
+        f"UPDATE {table} AS s SET token = p.token, key_id = %(key_id)s "  # noqa: S608 - constants
+        f"FROM {_STAGING} AS p WHERE s.id = p.id"
+    )
+
+    def write(cursor: Any, page: Sequence[tuple[str, str]]) -> None:
+        with cursor.copy(f"COPY {_STAGING} (id, token) FROM STDIN") as copy:
+            for row in page:
+                copy.write_row(row)
+        cursor.execute(update, {"key_id": key_id})
+        cursor.execute(f"DELETE FROM {_STAGING}")  # noqa: S608 - a constant table name
+
+    return write
 
 
 def reencrypt_all(
@@ -103,34 +143,44 @@ def reencrypt_all(
     dbapi_connection = connection.connection
     lock = threading.Lock()
     page_query = database.driver_statement(repo.SECRET_PAGE)
-    writer = _PageWriter(dbapi_connection, lock, database.driver_statement(repo.UPDATE_TOKEN))
     overlap = connection.dialect.name == "postgresql"
     if overlap:
+        setup = dbapi_connection.cursor()
+        try:
+            write = _copy_and_update(setup, key_id)
+        finally:
+            setup.close()
+    else:
+        write = _update_rows(database.driver_statement(repo.UPDATE_TOKEN), key_id)
+    writer = _PageWriter(dbapi_connection, lock, write)
+    if overlap:
         writer.start()
+
+    def fetch_page(after: str) -> list[repo.SecretRow]:
+        with lock:
+            cursor = dbapi_connection.cursor()
+            try:
+                rows = page_query.execute(cursor, {"after": after, "batch_size": batch_size})
+                return [repo.SecretRow(*row) for row in rows.fetchall()]
+            finally:
+                cursor.close()
+
     done = 0
-    after = ""  # every id is 32 hex digits, so each sorts after ""
     try:
-        while True:
-            with lock:
-                cursor = dbapi_connection.cursor()
-                try:
-                    rows = page_query.execute(
-                        cursor, {"after": after, "batch_size": batch_size}
-                    ).fetchall()
-                finally:
-                    cursor.close()
-            if not rows:
-                break
-            page = [repo.SecretRow(*row) for row in rows]
-            updates = [{"b_id": row.id, "b_token": reseal(row), "b_key_id": key_id} for row in page]
+        page = fetch_page("")  # every id is 32 hex digits, so each sorts after ""
+        while page:
+            updates = [(row.id, reseal(row)) for row in page]
+            # Fetch the next page before handing this one over: once the writer
+            # holds the connection, the next re-encryption overlaps its write.
+            next_page = fetch_page(page[-1].id)
             if overlap:
                 writer.submit(updates)
             else:
                 writer.write_now(updates)
-            after = page[-1].id
             done += len(page)
             if progress is not None:
                 progress(done, total)
+            page = next_page
         writer.finish()
     finally:
         writer.stop()
