@@ -22,8 +22,15 @@ from dotenv import dotenv_values
 
 from . import __version__, schema
 from . import keys as keyfile
+from . import repository as repo
 from .database import URL_ENV, Database, sqlite_url_for
-from .errors import FernvaultError, InvalidInputError, SecretNotFoundError
+from .errors import (
+    FernvaultError,
+    InvalidInputError,
+    KeyFileError,
+    SchemaError,
+    SecretNotFoundError,
+)
 from .manager import ProgressCallback, SecretManager
 
 logger = logging.getLogger(__name__)
@@ -263,6 +270,149 @@ def rotate(
             f"rotated: {summary['secrets']} secrets re-encrypted under data key "
             f"{summary['key_id']} in {summary['seconds']:.2f} s"
         )
+
+
+@cli.group()
+def key() -> None:
+    """Manage the master keys of the key file without re-wrapping data keys.
+
+    Hosts that share one vault use these commands to add a new master key
+    everywhere before ``rotate --master --use-primary`` re-wraps the data
+    keys under it, and to remove the old key everywhere afterwards.
+    """
+
+
+def _key_file_ring(settings: Settings) -> tuple[keyfile.MasterKeyRing, Path]:
+    """Read the key file that the key commands edit, and return it with its path.
+
+    Raises InvalidInputError when the master keys come from FERNVAULT_MASTER_KEY.
+    """
+    if settings.key_file is None and os.environ.get(keyfile.MASTER_KEY_ENV):
+        raise InvalidInputError(
+            f"the master keys come from {keyfile.MASTER_KEY_ENV}, not a key file: change "
+            "that variable (keys separated by commas, primary first), or pass --key-file"
+        )
+    path = Path(settings.key_file).expanduser() if settings.key_file else keyfile.default_key_file()
+    return keyfile.read_key_file(path), path
+
+
+def _master_key_ids_in_use(settings: Settings) -> dict[str, str]:
+    """Return ``{data key id: id of the master key that wraps it}`` from the database."""
+    database = settings.database()
+    try:
+        current = database.run("schema check", schema.current_revision, write=False)
+        if current != schema.head_revision():
+            raise SchemaError(
+                f"{database.display_url} is at schema revision {current or 'empty'}; "
+                "run: fernvault db upgrade"
+            )
+        rows = database.run("data key listing", repo.all_data_keys, write=False)
+    finally:
+        database.dispose()
+    return {row.id: row.master_key_id for row in rows}
+
+
+@key.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+@pass_settings
+def key_list(settings: Settings, as_json: bool) -> None:
+    """List the master key ids of the key file and the data keys each one wraps."""
+    ring, _ = _key_file_ring(settings)
+    in_use = _master_key_ids_in_use(settings)
+    listing: list[dict[str, Any]] = [
+        {
+            "master_key_id": master_key.key_id,
+            "primary": index == 0,
+            "data_keys": sorted(d for d, m in in_use.items() if m == master_key.key_id),
+        }
+        for index, master_key in enumerate(ring.keys)
+    ]
+    missing = sorted(set(in_use.values()) - {master_key.key_id for master_key in ring.keys})
+    if as_json:
+        _echo_json({"key_file": ring.source, "keys": listing, "missing": missing})
+        return
+    for entry in listing:
+        role = "primary" if entry["primary"] else "standby"
+        click.echo(f"{entry['master_key_id']}  {role}  wraps {len(entry['data_keys'])} data keys")
+    for master_key_id in missing:
+        click.echo(f"{master_key_id}  MISSING  wraps data keys but is not in {ring.source}")
+
+
+def _read_master_key() -> keyfile.MasterKey:
+    if sys.stdin is None or sys.stdin.isatty():
+        text: str = click.prompt("Master key", hide_input=True)
+    else:
+        text = sys.stdin.read()
+    keys = keyfile.parse_keys(text, "standard input")
+    if len(keys) != 1:
+        raise InvalidInputError(f"expected one master key on standard input, got {len(keys)}")
+    return keys[0]
+
+
+@key.command("add")
+@click.option(
+    "--generate", is_flag=True, help="Add a new random key instead of reading one from stdin."
+)
+@click.option(
+    "--primary",
+    is_flag=True,
+    help="Make the key the first line, which wraps new data keys (default: a later line).",
+)
+@pass_settings
+def key_add(settings: Settings, generate: bool, primary: bool) -> None:
+    """Add a master key to the key file, read from stdin (or a hidden prompt).
+
+    The data keys are not re-wrapped. Without --primary the key is only tried
+    for unwrapping, so it can be added on every host before any host uses it.
+    """
+    ring, path = _key_file_ring(settings)
+    added = keyfile.MasterKey.generate() if generate else _read_master_key()
+    others = [master_key for master_key in ring.keys if master_key.key_id != added.key_id]
+    if primary:
+        ordered = [added, *others]
+    elif len(others) < len(ring.keys):
+        ordered = list(ring.keys)  # already in the file: it keeps its place
+    else:
+        ordered = [*ring.keys, added]
+    keyfile.replace_key_file(path, ordered)
+    role = "primary" if ordered[0].key_id == added.key_id else "standby"
+    click.echo(f"master key {added.key_id} is {role} in {ring.source}")
+
+
+@key.command("promote")
+@click.argument("master_key_id")
+@pass_settings
+def key_promote(settings: Settings, master_key_id: str) -> None:
+    """Make MASTER_KEY_ID the first line of the key file, without re-wrapping data keys."""
+    ring, path = _key_file_ring(settings)
+    chosen = [master_key for master_key in ring.keys if master_key.key_id == master_key_id]
+    if not chosen:
+        known = ", ".join(master_key.key_id for master_key in ring.keys)
+        raise InvalidInputError(
+            f"master key {master_key_id} is not in {ring.source} (it holds {known})"
+        )
+    others = [master_key for master_key in ring.keys if master_key.key_id != master_key_id]
+    keyfile.replace_key_file(path, [chosen[0], *others])
+    click.echo(f"master key {master_key_id} is primary in {ring.source}")
+
+
+@key.command("prune")
+@pass_settings
+def key_prune(settings: Settings) -> None:
+    """Remove the master keys that wrap no data key; the primary key always stays."""
+    ring, path = _key_file_ring(settings)
+    needed = set(_master_key_ids_in_use(settings).values())
+    missing = needed - {master_key.key_id for master_key in ring.keys}
+    if missing:
+        raise KeyFileError(
+            f"data keys are wrapped by master keys {', '.join(sorted(missing))}, which are "
+            f"not in {ring.source}; nothing was removed"
+        )
+    kept = [ring.primary, *(k for k in ring.keys[1:] if k.key_id in needed)]
+    removed = [k.key_id for k in ring.keys if k not in kept]
+    if removed:
+        keyfile.replace_key_file(path, kept)
+    click.echo(f"removed {len(removed)} master keys from {ring.source}, kept {len(kept)}")
 
 
 @cli.command()
