@@ -18,6 +18,17 @@ secrets one commit each, ``get`` reads random names, ``rotate`` re-encrypts
 every secret under a new key.
 """
 
+PAIRED_PHASES = ("store", "get")
+"""Phases timed a second time with all implementations in one process, in alternating blocks.
+
+A single store or get takes micro- to milliseconds, so a burst of load
+from another process (a commit's fsync on a shared disk varies fivefold)
+would favor whichever implementation ran at a quiet moment. Alternating
+blocks of calls exposes every implementation to the same bursts.
+"""
+
+PAIRED_BLOCK = 20  # calls per implementation before the next one takes its turn
+
 WARMUP_CALLS = 10
 """Calls made before timing ``store`` and ``get``, so caches and compiled statements are warm."""
 
@@ -49,8 +60,8 @@ class Workload:
     def store_names(self, prefix: str = "single") -> list[str]:
         return [f"{prefix}-{index:07d}" for index in range(self.store_count)]
 
-    def warmup_names(self) -> list[str]:
-        return [f"warmup-{index:03d}" for index in range(WARMUP_CALLS)]
+    def warmup_names(self, prefix: str = "warmup") -> list[str]:
+        return [f"{prefix}-{index:03d}" for index in range(WARMUP_CALLS)]
 
     def get_names(self) -> list[str]:
         """Return ``get_count`` names drawn at random, with repeats, from the imported ones."""
@@ -58,8 +69,12 @@ class Workload:
         return [f"bulk-{generator.randrange(self.n):07d}" for _ in range(self.get_count)]
 
     def rotated_rows(self) -> int:
-        """Return how many secrets the vault holds when ``rotate`` runs."""
-        return self.n + self.store_count + WARMUP_CALLS
+        """Return how many secrets the vault holds when ``rotate`` runs.
+
+        Those are the imported ones plus the stored ones and their warm-up,
+        once in the solo ``store`` phase and once in the paired one.
+        """
+        return self.n + 2 * (self.store_count + WARMUP_CALLS)
 
 
 class Implementation(Protocol):

@@ -2,8 +2,8 @@
 
 ``python -m bench.profiling --db sqlite --n 10000`` fills a fresh vault, then
 for each operation counts the SQL statements and commits it sends and runs
-it under cProfile. It prints the share of time spent in SQLAlchemy, the
-database driver, cryptography, fernvault and the rest, and writes the full
+it under cProfile. It prints the share of own time spent in SQLAlchemy, the
+database driver, Fernet (cryptography and base64), fernvault and the rest, and writes the full
 profiles (sorted by cumulative and by own time) to ``bench/results/``.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from .common import Target, Workload
 from .runner import DEFAULT_PG_ADMIN_URL, REPOSITORY, Settings, fresh_target, worker_environment
 
-CATEGORIES = ("SQLAlchemy", "driver", "cryptography", "fernvault", "other")
+CATEGORIES = ("SQLAlchemy", "driver", "Fernet", "fernvault", "other")
 
 
 def _category(filename: str, function: str) -> str:
@@ -35,8 +35,9 @@ def _category(filename: str, function: str) -> str:
         return "SQLAlchemy"
     if any(name in place for name in ("sqlite3", "psycopg", "/_sqlite")):
         return "driver"
-    if "cryptography" in place or "Fernet" in function or "openssl" in place.lower():
-        return "cryptography"
+    fernet_parts = ("cryptography", "base64", "binascii", "hmac", "openssl")
+    if any(part in place.lower() for part in fernet_parts):
+        return "Fernet"
     if "/fernvault/" in filename:
         return "fernvault"
     return "other"
@@ -44,7 +45,7 @@ def _category(filename: str, function: str) -> str:
 
 @dataclass
 class StatementCounter:
-    """SQL statements and commits sent through one engine, by their first word."""
+    """SQL statements sent to the database driver, by their first word, and commits."""
 
     statements: Counter[str]
     commits: int = 0
@@ -53,24 +54,59 @@ class StatementCounter:
         self.statements.clear()
         self.commits = 0
 
-
-def _count_statements(engine: Any) -> StatementCounter:
-    from sqlalchemy import event
-
-    counter = StatementCounter(Counter())
-
-    def before_cursor_execute(*arguments: Any) -> None:
-        statement: str = arguments[2]
-        words = statement.split()
+    def add(self, statement: str) -> None:
+        words = statement.split(maxsplit=1)
         first = words[0].upper() if words else "?"
-        counter.statements[first] += 1
+        if first == "COMMIT":
+            self.commits += 1
+        self.statements[first] += 1
 
-    def commit(_connection: Any) -> None:
-        counter.commits += 1
 
-    event.listen(engine, "before_cursor_execute", before_cursor_execute)
-    event.listen(engine, "commit", commit)
-    return counter
+def _count_driver_statements(counter: StatementCounter) -> None:
+    """Count every statement at the driver, below SQLAlchemy and any shortcut around it.
+
+    SQLite connections get a trace callback, which also sees the BEGIN and
+    COMMIT that sqlite3 issues itself and each row of an executemany.
+    psycopg's cursors and commits are wrapped; an executemany counts once,
+    and the BEGIN psycopg sends before the first statement of a transaction
+    is counted when a statement runs on an idle connection outside
+    autocommit mode.
+    """
+    import sqlite3
+
+    connect = sqlite3.dbapi2.connect
+
+    def traced_connect(*arguments: Any, **options: Any) -> sqlite3.Connection:
+        connection: sqlite3.Connection = connect(*arguments, **options)
+        connection.set_trace_callback(counter.add)
+        return connection
+
+    sqlite3.dbapi2.connect = traced_connect  # type: ignore[assignment]
+
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(cursor: Any, query: Any, *arguments: Any, **options: Any) -> Any:
+            connection = cursor.connection
+            idle = connection.info.transaction_status == TransactionStatus.IDLE
+            if idle and not connection.autocommit:
+                counter.add("BEGIN")
+            counter.add(query if isinstance(query, str) else str(getattr(query, "_obj", query)))
+            return method(cursor, query, *arguments, **options)
+
+        return counted
+
+    psycopg.Cursor.execute = wrap(psycopg.Cursor.execute)  # type: ignore[method-assign]
+    psycopg.Cursor.executemany = wrap(psycopg.Cursor.executemany)  # type: ignore[method-assign]
+    commit = psycopg.Connection.commit
+
+    def counted_commit(connection: Any) -> None:
+        if connection.info.transaction_status != TransactionStatus.IDLE:
+            counter.add("COMMIT")
+        commit(connection)
+
+    psycopg.Connection.commit = counted_commit  # type: ignore[method-assign,assignment]
 
 
 def _profile(call: Callable[[], object], label: str, output: Path) -> dict[str, float]:
@@ -98,15 +134,20 @@ def _profile(call: Callable[[], object], label: str, output: Path) -> dict[str, 
     return shares
 
 
-def _describe(label: str, calls: int, counter: StatementCounter, shares: dict[str, float]) -> str:
+def _describe(
+    label: str, calls: int, counter: StatementCounter, shares: dict[str, float], per: int = 1
+) -> str:
+    """Summarize a profile: time per call, statements per ``per`` calls, own time per category."""
     total = sum(shares.values()) or 1.0
-    per_call = ", ".join(
-        f"{count / calls:.2f} {statement}" for statement, count in counter.statements.most_common()
+    statements = ", ".join(
+        f"{count * per / calls:,.2f} {statement}"
+        for statement, count in counter.statements.most_common()
     )
     split = ", ".join(f"{name} {shares[name] / total:.0%}" for name in CATEGORIES)
+    unit = "call" if per == 1 else f"{per:,} calls"
     return (
-        f"{label}: {total / calls * 1e6:,.0f} µs per call under the profiler\n"
-        f"  statements per call: {per_call}; commits per call: {counter.commits / calls:.2f}\n"
+        f"{label}: {total / calls * 1e6:,.1f} µs per call under the profiler\n"
+        f"  statements per {unit}: {statements or 'none counted'}\n"
         f"  own time: {split}"
     )
 
@@ -115,10 +156,11 @@ def profile_operations(target: Target, workload: Workload, output: Path) -> list
     """Fill a vault on ``target`` and profile the three operations; return a summary line each."""
     from fernvault import SecretManager
 
+    counter = StatementCounter(Counter())
+    _count_driver_statements(counter)
     manager = SecretManager(key_file=target.folder / "fernvault.key", url=target.sqlalchemy_url)
     value = workload.value()
     manager.store_secrets([(name, value) for name in workload.bulk_names()])
-    counter = _count_statements(manager._db.engine)
     dialect = target.dialect
     lines = []
 
@@ -141,7 +183,7 @@ def profile_operations(target: Target, workload: Workload, output: Path) -> list
     started = time.perf_counter()
     shares = _profile(manager.rotate_key, f"{dialect}-rotate", output)
     rows = workload.n + workload.store_count
-    lines.append(_describe("rotate_key (per secret)", rows, counter, shares))
+    lines.append(_describe("rotate_key, per secret", rows, counter, shares, per=1000))
     lines.append(f"  rotation took {time.perf_counter() - started:.2f} s under the profiler")
 
     manager.close()

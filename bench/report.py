@@ -30,16 +30,24 @@ PHASE_TITLES = {
 
 @dataclass(frozen=True)
 class Summary:
-    """Median time per secret and median peak memory growth of one phase over the repetitions."""
+    """Medians of one phase over the repetitions.
+
+    ``us_per_secret`` comes from the paired measurements where the phase has
+    them (store and get), otherwise from the solo ones; ``solo_us_per_secret``
+    is always the solo median. Memory is only measured solo.
+    """
 
     us_per_secret: float
+    solo_us_per_secret: float
     peak_growth_mib: float
     repetitions: int
-    spread: float  # (max - min) / median of the time per secret
+    spread: float  # (max - min) / median of the repetitions behind us_per_secret
 
 
 def summarize(measurements: Iterable[dict[str, Any]]) -> dict[Key, Summary]:
-    grouped: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    grouped: dict[Key, dict[str, list[dict[str, Any]]]] = defaultdict(
+        lambda: {"solo": [], "paired": []}
+    )
     for record in measurements:
         key = (
             record["database"],
@@ -48,15 +56,18 @@ def summarize(measurements: Iterable[dict[str, Any]]) -> dict[Key, Summary]:
             record["implementation"],
             record["phase"],
         )
-        grouped[key].append(record)
+        grouped[key][record.get("mode", "solo")].append(record)
     summaries = {}
-    for key, records in grouped.items():
-        times = [record["us_per_secret"] for record in records]
+    for key, modes in grouped.items():
+        solo = [record["us_per_secret"] for record in modes["solo"]]
+        times = [record["us_per_secret"] for record in modes["paired"]] or solo
         median = statistics.median(times)
         summaries[key] = Summary(
             us_per_secret=median,
-            peak_growth_mib=statistics.median(r["peak_growth_kib"] for r in records) / KIB_PER_MIB,
-            repetitions=len(records),
+            solo_us_per_secret=statistics.median(solo),
+            peak_growth_mib=statistics.median(r["peak_growth_kib"] for r in modes["solo"])
+            / KIB_PER_MIB,
+            repetitions=len(times),
             spread=(max(times) - min(times)) / median if median else 0.0,
         )
     return summaries

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import PHASES, Target, Workload
+from .common import PAIRED_PHASES, PHASES, Target, Workload
 from .worker import IMPLEMENTATIONS, PhaseRequest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -40,15 +40,17 @@ class Settings:
 
 Measurement = dict[str, Any]
 Log = Callable[[str], None]
+Save = Callable[[list[Measurement]], None]
 
 
-def run(settings: Settings, log: Log) -> list[Measurement]:
-    """Measure every combination ``settings.repeat`` times; return one record per phase run.
+def run(settings: Settings, log: Log, save: Save) -> list[Measurement]:
+    """Measure every combination ``settings.repeat`` times; return one record per measurement.
 
     The repetition loop is the outermost, so a burst of load from other
     processes on the machine spreads over sizes instead of spoiling one.
     The order of implementations turns each repetition, so none always runs
-    first on a cold page cache.
+    first on a cold page cache. ``save`` receives the records so far after
+    each vault size, so an interrupted run keeps what it measured.
     """
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="fernvault-bench-") as scratch:
@@ -60,14 +62,63 @@ def run(settings: Settings, log: Log) -> list[Measurement]:
                 for value_size in settings.value_sizes:
                     for n in settings.sizes:
                         workload = Workload(n, value_size, settings.store_count, settings.get_count)
-                        for implementation in order:
-                            with fresh_target(database, Path(scratch), settings) as target:
-                                records = _run_phases(implementation, target, workload, environment)
-                            for record in records:
-                                record["repetition"] = repetition
-                            measurements.extend(records)
-                            log(_progress_line(repetition, records))
+                        with contextlib.ExitStack() as stack:
+                            targets = {
+                                name: stack.enter_context(
+                                    fresh_target(database, Path(scratch), settings)
+                                )
+                                for name in order
+                            }
+                            records = _run_size(targets, workload, environment)
+                        for record in records:
+                            record["repetition"] = repetition
+                        measurements.extend(records)
+                        save(measurements)
+                        log(_progress_line(repetition, records))
     return measurements
+
+
+def _run_size(
+    targets: dict[str, Target], workload: Workload, environment: dict[str, str]
+) -> list[Measurement]:
+    """Run every phase of every implementation, each on its own target, and the paired phases.
+
+    The paired phases run after the solo ones, so every vault is filled
+    when they start, and before the rotation, so it rotates their rows too.
+    """
+    records = []
+    for phase in PHASES[:-1]:
+        for name, target in targets.items():
+            request = PhaseRequest(name, phase, target, workload)
+            result = _run_worker({"mode": "solo", "request": request.to_json()}, environment)
+            records.append(_record(request, "solo", result))
+    for phase in PAIRED_PHASES:
+        requests = [PhaseRequest(name, phase, target, workload) for name, target in targets.items()]
+        request_json = {
+            "mode": "paired",
+            "phase": phase,
+            "requests": [request.to_json() for request in requests],
+        }
+        results = _run_worker(request_json, environment)
+        records.extend(_record(r, "paired", results[r.implementation]) for r in requests)
+    for name, target in targets.items():
+        request = PhaseRequest(name, PHASES[-1], target, workload)
+        result = _run_worker({"mode": "solo", "request": request.to_json()}, environment)
+        records.append(_record(request, "solo", result))
+    return records
+
+
+def _record(request: PhaseRequest, mode: str, result: dict[str, Any]) -> Measurement:
+    return {
+        "database": request.target.dialect,
+        "value_size": request.workload.value_size,
+        "n": request.workload.n,
+        "implementation": request.implementation,
+        "phase": request.phase,
+        "mode": mode,
+        **result,
+        "us_per_secret": result["seconds"] / result["count"] * 1e6,
+    }
 
 
 def worker_environment(fernvault_ref: str | None, scratch: Path) -> dict[str, str]:
@@ -107,37 +158,18 @@ def _git(*arguments: str) -> str:
     return completed.stdout.strip()
 
 
-def _run_phases(
-    implementation: str, target: Target, workload: Workload, environment: dict[str, str]
-) -> list[Measurement]:
-    records = []
-    for phase in PHASES:
-        request = PhaseRequest(implementation, phase, target, workload)
-        result = _run_worker(request, environment)
-        records.append(
-            {
-                "database": target.dialect,
-                "value_size": workload.value_size,
-                "n": workload.n,
-                "implementation": implementation,
-                "phase": phase,
-                **result,
-                "us_per_secret": result["seconds"] / result["count"] * 1e6,
-            }
-        )
-    return records
-
-
-def _run_worker(request: PhaseRequest, environment: dict[str, str]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.worker", *request.arguments()]
+def _run_worker(request: dict[str, Any], environment: dict[str, str]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.worker", json.dumps(request)]
     completed = subprocess.run(
         command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, check=False
     )
     if completed.returncode != 0:
         error = completed.stderr.strip().splitlines()[-1:] or ["no error output"]
+        described = request.get("request") or request["requests"][0]
         raise RuntimeError(
-            f"worker for {request.implementation} {request.phase} on {request.target.dialect} "
-            f"(n={request.workload.n}, value size {request.workload.value_size}) failed: {error[0]}"
+            f"{request['mode']} worker for {described['implementation']} {described['phase']} "
+            f"on {described['target']['dialect']} (n={described['workload']['n']}, "
+            f"value size {described['workload']['value_size']}) failed: {error[0]}"
         )
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
@@ -145,10 +177,15 @@ def _run_worker(request: PhaseRequest, environment: dict[str, str]) -> dict[str,
 
 def _progress_line(repetition: int, records: list[Measurement]) -> str:
     first = records[0]
-    phases = ", ".join(f"{r['phase']} {r['us_per_secret']:.0f} µs" for r in records)
+    fernvault = {
+        f"{r['phase']}{' paired' if r['mode'] == 'paired' else ''}": r["us_per_secret"]
+        for r in records
+        if r["implementation"] == "fernvault"
+    }
+    phases = ", ".join(f"{phase} {us:.0f}" for phase, us in fernvault.items())
     return (
-        f"repetition {repetition + 1} {first['database']} {first['value_size']} B "
-        f"n={first['n']} {first['implementation']}: {phases}"
+        f"repetition {repetition + 1}: {first['database']}, {first['value_size']}-byte values, "
+        f"{first['n']:,} secrets; fernvault µs per secret: {phases}"
     )
 
 

@@ -1,22 +1,26 @@
-"""Run one phase of one implementation in this process and print its measurement as JSON.
+"""Run one measurement in this process and print its result as JSON.
 
-The runner starts a fresh ``python -m bench.worker`` for every phase, so
-each phase's peak memory is its own. The worker opens the implementation,
-builds the inputs and warms up before it reads the baseline, so the
-measured growth is the phase's alone. Output names no value and no key.
+The runner starts a fresh ``python -m bench.worker REQUEST`` for every
+measurement, where REQUEST is a JSON object. A solo measurement runs one
+phase of one implementation, so the phase's peak memory is its own: the
+worker opens the implementation, builds the inputs and warms up before it
+reads the baseline. A paired measurement opens several implementations and
+times their store or get calls in alternating blocks (see
+``common.PAIRED_PHASES``). Output names no value and no key.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from .common import (
+    PAIRED_BLOCK,
     WARMUP_CALLS,
     Implementation,
     Target,
@@ -36,24 +40,23 @@ class PhaseRequest:
     target: Target
     workload: Workload
 
-    def arguments(self) -> list[str]:
-        """Return the command line arguments that make a worker run this request."""
-        workload = self.workload
-        return [
-            "--implementation", self.implementation,
-            "--phase", self.phase,
-            "--dialect", self.target.dialect,
-            "--url", self.target.sqlalchemy_url,
-            "--folder", str(self.target.folder),
-            "--n", str(workload.n),
-            "--value-size", str(workload.value_size),
-            "--store-count", str(workload.store_count),
-            "--get-count", str(workload.get_count),
-        ]  # fmt: skip
+    def to_json(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["target"]["folder"] = str(self.target.folder)
+        return fields
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> PhaseRequest:
+        target = fields["target"]
+        return cls(
+            implementation=fields["implementation"],
+            phase=fields["phase"],
+            target=Target(target["dialect"], target["sqlalchemy_url"], Path(target["folder"])),
+            workload=Workload(**fields["workload"]),
+        )
 
 
-def open_implementation(request: PhaseRequest) -> Implementation:
-    create = request.phase == "bulk"
+def open_implementation(request: PhaseRequest, *, create: bool) -> Implementation:
     name = request.implementation
     if name in ("floor", "database"):
         from .floor import Floor
@@ -74,9 +77,9 @@ def open_implementation(request: PhaseRequest) -> Implementation:
     raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLEMENTATIONS}")
 
 
-def measure(request: PhaseRequest) -> dict[str, float | int | bool]:
+def measure(request: PhaseRequest) -> dict[str, Any]:
     """Run the requested phase once; return its duration, secret count and memory growth."""
-    implementation = open_implementation(request)
+    implementation = open_implementation(request, create=request.phase == "bulk")
     workload = request.workload
     value = workload.value()
     try:
@@ -121,34 +124,59 @@ def _prepare(
     raise ValueError(f"unknown phase {phase!r}")
 
 
-def _parse(argv: list[str]) -> PhaseRequest:
-    parser = argparse.ArgumentParser(prog="python -m bench.worker")
-    parser.add_argument("--implementation", choices=IMPLEMENTATIONS, required=True)
-    parser.add_argument("--phase", required=True)
-    parser.add_argument("--dialect", choices=("sqlite", "postgresql"), required=True)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--folder", type=Path, required=True)
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--value-size", type=int, required=True)
-    parser.add_argument("--store-count", type=int, required=True)
-    parser.add_argument("--get-count", type=int, required=True)
-    arguments = parser.parse_args(argv)
-    return PhaseRequest(
-        implementation=arguments.implementation,
-        phase=arguments.phase,
-        target=Target(arguments.dialect, arguments.url, arguments.folder),
-        workload=Workload(
-            n=arguments.n,
-            value_size=arguments.value_size,
-            store_count=arguments.store_count,
-            get_count=arguments.get_count,
-        ),
-    )
+def measure_paired(requests: Sequence[PhaseRequest], phase: str) -> dict[str, dict[str, Any]]:
+    """Time ``phase`` of several implementations in alternating blocks; return seconds per name.
+
+    The implementation that goes first changes from one block to the next.
+    """
+    implementations = {r.implementation: open_implementation(r, create=False) for r in requests}
+    workload = requests[0].workload
+    value = workload.value()
+    try:
+        calls = {
+            name: _paired_call(implementation, phase, workload, value)
+            for name, implementation in implementations.items()
+        }
+        names = workload.store_names("paired") if phase == "store" else workload.get_names()
+        seconds = dict.fromkeys(implementations, 0.0)
+        order = list(implementations)
+        for start in range(0, len(names), PAIRED_BLOCK):
+            block = names[start : start + PAIRED_BLOCK]
+            for name in order:
+                started = time.perf_counter()
+                calls[name](block)
+                seconds[name] += time.perf_counter() - started
+            order = order[1:] + order[:1]
+    finally:
+        for implementation in implementations.values():
+            implementation.close()
+    return {name: {"seconds": seconds[name], "count": len(names)} for name in implementations}
+
+
+def _paired_call(
+    implementation: Implementation, phase: str, workload: Workload, value: str
+) -> Callable[[Sequence[str]], int]:
+    """Warm ``implementation`` up for ``phase`` and return the call that takes a block of names."""
+    if phase == "store":
+        implementation.store(workload.warmup_names("paired-warmup"), value)
+        return lambda names: implementation.store(names, value)
+    if phase == "get":
+        implementation.get(workload.get_names()[:WARMUP_CALLS])
+        return implementation.get
+    raise ValueError(f"phase {phase!r} cannot be paired")
 
 
 def main(argv: list[str] | None = None) -> None:
-    request = _parse(sys.argv[1:] if argv is None else argv)
-    json.dump(measure(request), sys.stdout)
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) != 1:
+        raise SystemExit("usage: python -m bench.worker REQUEST (a JSON object)")
+    request = json.loads(arguments[0])
+    if request["mode"] == "solo":
+        result: Any = measure(PhaseRequest.from_json(request["request"]))
+    else:
+        requests = [PhaseRequest.from_json(fields) for fields in request["requests"]]
+        result = measure_paired(requests, request["phase"])
+    json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 
 
