@@ -131,3 +131,33 @@ def test_wrong_key_is_one_line(key_file: Path, db_url: str, tmp_path: Path) -> N
     assert result.stderr.startswith("fernvault: error: ")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_put_rejects_empty_stdin(key_file: Path, db_url: str) -> None:
+    empty = run(["put", "a"], key_file, db_url, stdin="")
+    assert empty.returncode == 1
+    assert "--allow-empty" in empty.stderr
+    assert run(["put", "--allow-empty", "a"], key_file, db_url, stdin="").returncode == 0
+    assert run(["get", "-n", "a"], key_file, db_url).stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"GOOD=1\n!!!bad line\n", "line 2 cannot be parsed"),
+        (b"A=1\nB\n", "line 2 has no '='"),
+        (b"A=1\nA=2\n", "line 2 repeats the name on line 1"),
+        (b"\xff\xfe\x00binary", "not a UTF-8 text file"),
+    ],
+    ids=["unparsable", "no-equals", "repeated", "binary"],
+)
+def test_import_rejects_bad_file(
+    key_file: Path, db_url: str, tmp_path: Path, content: bytes, message: str
+) -> None:
+    dotenv = tmp_path / "bad.env"
+    dotenv.write_bytes(content)
+    result = run(["import", str(dotenv)], key_file, db_url)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(run(["ls", "--json"], key_file, db_url).stdout) == []

@@ -7,6 +7,7 @@ line on standard error with exit status 1; usage errors exit with 2.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from . import __version__, schema
 from . import keys as keyfile
@@ -119,20 +120,28 @@ def init(settings: Settings, as_json: bool) -> None:
         )
 
 
-def _read_value(name: str, keep_newline: bool) -> str:
-    if sys.stdin is None or sys.stdin.isatty():
+def _read_value(name: str, keep_newline: bool, allow_empty: bool) -> str:
+    """Read a value from a hidden prompt on a terminal, else from all of stdin."""
+    if sys.stdin is None:
+        raise InvalidInputError("no standard input to read the value from")
+    if sys.stdin.isatty():
         value: str = click.prompt(
             f"Value for {name}",
             hide_input=True,
             confirmation_prompt=True,
-            default="",
+            default="" if allow_empty else None,
             show_default=False,
         )
-        return value
-    data = sys.stdin.read()
-    if not keep_newline:
-        data = data.removesuffix("\n").removesuffix("\r")
-    return data
+    else:
+        value = sys.stdin.read()
+        if not keep_newline:
+            value = value.removesuffix("\n").removesuffix("\r")
+    if not value and not allow_empty:
+        # An empty read is more often a missing pipe than an intended value.
+        raise InvalidInputError(
+            f"empty value for {name}; pipe the value on stdin, or pass --allow-empty"
+        )
+    return value
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str] | None:
@@ -154,13 +163,19 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str] | None:
     "--update", is_flag=True, help="Replace the value of an existing secret, keeping its id."
 )
 @click.option("--keep-newline", is_flag=True, help="Keep a trailing newline read from stdin.")
+@click.option("--allow-empty", is_flag=True, help="Accept an empty value.")
 @pass_settings
 def put(
-    settings: Settings, name: str, meta: tuple[str, ...], update: bool, keep_newline: bool
+    settings: Settings,
+    name: str,
+    meta: tuple[str, ...],
+    update: bool,
+    keep_newline: bool,
+    allow_empty: bool,
 ) -> None:
     """Store the value read from stdin (or a hidden prompt) as secret NAME."""
     metadata = _parse_meta(meta)
-    value = _read_value(name, keep_newline)
+    value = _read_value(name, keep_newline, allow_empty)
     with settings.open() as vault:
         if update:
             secret_id = vault.update_secret_by_name(name, value, metadata)
@@ -448,22 +463,49 @@ def import_command(
     settings: Settings, dotenv_file: str, prefix: str, skip_existing: bool, meta: tuple[str, ...]
 ) -> None:
     """Store every variable of a dotenv file as a secret, in one transaction."""
-    if dotenv_file == "-":
-        import io
-
-        parsed = dotenv_values(stream=io.StringIO(sys.stdin.read()), interpolate=False)
-    else:
-        parsed = dotenv_values(dotenv_file, interpolate=False, encoding="utf-8")
-    empty = [name for name, value in parsed.items() if value is None]
-    if empty:
-        raise InvalidInputError(f"{dotenv_file}: no '=' after {', '.join(empty)}")
-    items = [(prefix + name, value) for name, value in parsed.items() if value is not None]
+    items = [(prefix + name, value) for name, value in _read_dotenv(dotenv_file)]
     with settings.open() as vault:
         stored = vault.store_secrets(items, _parse_meta(meta), skip_existing=skip_existing)
     skipped = [name for name, _ in items if name not in stored]
     for name in skipped:
         click.echo(f"skipped {name}: a secret with this name exists", err=True)
     click.echo(f"imported {len(stored)} secrets from {dotenv_file}, skipped {len(skipped)}")
+
+
+def _read_dotenv(source: str) -> list[tuple[str, str]]:
+    """Parse a dotenv file ("-" for stdin) with python-dotenv's parser.
+
+    Unlike ``dotenv_values``, which logs and skips a line it cannot parse,
+    any such line, a name without "=", or a name given twice rejects the
+    whole file, so an import never silently drops a secret. Messages give
+    line numbers only: a malformed line may hold a value.
+    """
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{source} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {source}: {exc.strerror}") from None
+
+    items: list[tuple[str, str]] = []
+    problems: list[str] = []
+    first_line: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            problems.append(f"line {line} cannot be parsed")
+        elif binding.key is None:
+            continue  # a comment or a blank line
+        elif binding.value is None:
+            problems.append(f"line {line} has no '=' after the name")
+        elif binding.key in first_line:
+            problems.append(f"line {line} repeats the name on line {first_line[binding.key]}")
+        else:
+            first_line[binding.key] = line
+            items.append((binding.key, binding.value))
+    if problems:
+        raise InvalidInputError(f"{source}: " + "; ".join(problems) + "; nothing was imported")
+    return items
 
 
 @cli.group()
