@@ -25,7 +25,7 @@ PROPERTY_SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-json_text = st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=20)
+json_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20)
 json_scalars = (
     st.none()
     | st.booleans()
