@@ -24,7 +24,7 @@ import pytest
 from fernvault import KeyFileError, SecretManager, WrongMasterKeyError
 from fernvault import keys as keyfile
 
-from .children import SPAWN
+from .children import SPAWN, run_children
 from .conftest import create_pg_database, drop_pg_database
 from .dbutil import fetch
 from .vaultcopy import clone_vault, drop_clone, seed_values, seed_vault
@@ -212,3 +212,27 @@ def test_master_rotation_needs_key_file_to_generate(
     monkeypatch.setenv(keyfile.MASTER_KEY_ENV, key_file.read_text().strip())
     with SecretManager(url=db_url) as env_vault, pytest.raises(KeyFileError, match="generate"):
         env_vault.rotate_master_key()
+
+
+def _rotate_master_then_data_key(key_file: str, url: str) -> str:
+    with SecretManager(key_file, url) as vault:
+        vault.rotate_master_key()
+        vault.rotate_key()
+    return keyfile.read_key_file(Path(key_file)).primary.key_id
+
+
+def test_long_running_process_survives_master_rotation(
+    vault: SecretManager, key_file: Path, db_url: str
+) -> None:
+    secret_id = vault.store_secret("api", "token-value")
+    assert vault.get_secret(secret_id) == "token-value"  # caches the data key
+
+    ((status, new_master),) = run_children(
+        [(_rotate_master_then_data_key, (str(key_file), db_url))], TIMEOUT
+    )
+    assert status == "ok", new_master
+
+    # The data key is new and wrapped by a master key this process never read.
+    assert vault.get_secret(secret_id) == "token-value"
+    vault.rotate_key()
+    assert fetch(db_url, "SELECT master_key_id FROM fernvault_data_keys") == [(new_master,)]

@@ -189,6 +189,9 @@ class SecretManager:
             rows = self._db.run("data key load", repo.all_data_keys, write=False)
         else:
             rows = repo.all_data_keys(connection)
+        known = {master_key.key_id for master_key in self._ring.keys}
+        if any(row.master_key_id not in known and self._keys.get(row.id) is None for row in rows):
+            self._refresh_master_keys()
         unwrapped = 0
         wrong_master_key: WrongMasterKeyError | None = None
         for row in rows:
@@ -215,6 +218,15 @@ class SecretManager:
             # all_data_keys returns the newest key first: the one new writes use.
             self._active = (rows[0].id, self._keys.get(rows[0].id))
         logger.debug("loaded %d data keys from %s", len(rows), self.url)
+
+    def _refresh_master_keys(self) -> None:
+        """Re-read the key file, which a master key rotation in another process may have changed.
+
+        Keys from FERNVAULT_MASTER_KEY cannot change while the process runs.
+        """
+        if self._ring.path is not None:
+            self._ring = keyfile.read_key_file(self._ring.path)
+            logger.debug("re-read master keys from %s", self._ring.source)
 
     def _fernet_for(self, key_id: str, connection: Connection | None = None) -> Fernet | None:
         fernet = self._keys.get(key_id)
@@ -394,9 +406,6 @@ class SecretManager:
         check_value(value)
         if metadata is not None:
             check_metadata(metadata)
-        check_value(value)
-        if metadata is not None:
-            check_metadata(metadata)
         secret_id = self._db.run("lookup", lambda c: repo.secret_id_for_name(c, name), write=False)
         if secret_id is None:
             raise self._not_found(f"secret named {name!r}")
@@ -505,6 +514,10 @@ class SecretManager:
         key_id, key = new_data_key()
         new_fernet = Fernet(key)
 
+        # Wrap under the key file's current primary key, not the one read at open,
+        # which another process's master key rotation may have removed.
+        self._refresh_master_keys()
+
         def work(connection: Connection) -> int:
             old_key_id, _ = self._locked_active_key(connection, "update")
             # Load every key now: the re-encryption loop must not use the connection.
@@ -567,6 +580,7 @@ class SecretManager:
         ``generate`` (and always with FERNVAULT_MASTER_KEY) the current first
         key is the new one.
         """
+        self._refresh_master_keys()
         ring = self._ring
         if generate:
             if ring.path is None:
