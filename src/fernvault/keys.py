@@ -230,8 +230,12 @@ def read_key_file(path: Path) -> MasterKeyRing:
 
     try:
         text = data.decode("ascii")
-    except UnicodeDecodeError:
-        message = f"invalid key file {path}: it contains bytes that are not ASCII"
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        message = (
+            f"invalid master key in {path}, line {line}: it contains bytes that are not "
+            "ASCII; expected a Fernet key (44 characters of URL-safe base64 ending in '=')"
+        )
         logger.error("%s", message)
         raise KeyFileError(message) from None
     return MasterKeyRing(tuple(parse_keys(text, str(path))), str(path), path)

@@ -1,0 +1,160 @@
+"""Key file hygiene: private creation, loose-mode warnings, tolerant parsing, no replacement."""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+
+from fernvault import KeyFileError, SecretManager
+from fernvault.keys import KeyFilePermissionWarning
+
+
+def _write_key_file(path: Path, content: bytes, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def test_key_file_created_private_without_chmod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With umask 0 and every chmod call failing, a key file that ends up
+    # private was created private: nothing tightened it afterwards.
+    created: list[tuple[str, int, int]] = []
+    real_open = os.open
+
+    def recording_open(path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT:
+            created.append((os.fspath(path), flags, mode))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    def no_chmod(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the key file or its folder was tightened after creation")
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "fchmod", no_chmod)
+    monkeypatch.setattr(Path, "chmod", no_chmod)
+    old_umask = os.umask(0)
+    try:
+        key_file = tmp_path / "fresh" / "nested" / "vault.key"
+        with SecretManager(key_file):
+            pass
+    finally:
+        os.umask(old_umask)
+
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key_file.with_suffix(".db").stat().st_mode) == 0o600
+    key_creations = [entry for entry in created if Path(entry[0]).parent == key_file.parent]
+    assert key_creations
+    for path, flags, mode in key_creations:
+        assert flags & os.O_EXCL, path
+        assert mode == 0o600, path
+    assert sorted(p.name for p in key_file.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_key_file_appears_whole(tmp_path: Path) -> None:
+    key_file = tmp_path / "vault.key"
+    with SecretManager(key_file):
+        pass
+    content = key_file.read_bytes()
+    assert content.endswith(b"\n")
+    assert len(content.split()) == 1
+    assert len(content.strip()) == 44
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_loose_key_file_warns_with_path(tmp_path: Path, mode: int) -> None:
+    key_file = _write_key_file(tmp_path / "vault.key", Fernet.generate_key(), mode)
+    with pytest.warns(KeyFilePermissionWarning) as caught, SecretManager(key_file):
+        pass
+    assert str(key_file) in str(caught[0].message)
+    assert f"{mode:o}" in str(caught[0].message)
+    assert stat.S_IMODE(key_file.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_private_key_file_does_not_warn(tmp_path: Path, mode: int) -> None:
+    key_file = _write_key_file(tmp_path / "vault.key", Fernet.generate_key(), mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KeyFilePermissionWarning)
+        with SecretManager(key_file):
+            pass
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{k}", "{k}\n", "{k}\r\n", "  {k}  ", "\t{k}\t\r\n", "\n\n{k}\n\n", " {k}\n \n"],
+    ids=["bare", "newline", "crlf", "spaces", "tabs-crlf", "blank-lines", "blank-spaces"],
+)
+def test_key_spellings_open_same_vault(tmp_path: Path, db_url: str, spelling: str) -> None:
+    key = Fernet.generate_key().decode()
+    original = _write_key_file(tmp_path / "original.key", f"{key}\n".encode())
+    with SecretManager(original, db_url) as vault:
+        secret_id = vault.store_secret("s", "value")
+        key_id = vault._ring.primary.key_id
+    variant = _write_key_file(tmp_path / "variant.key", spelling.format(k=key).encode())
+    with SecretManager(variant, db_url) as vault:
+        assert vault._ring.primary.key_id == key_id
+        assert vault.get_secret(secret_id) == "value"
+    assert variant.read_bytes() == spelling.format(k=key).encode()
+
+
+_GOOD = Fernet.generate_key()
+_BAD_KEY_FILES = {
+    "one-character-changed": (_GOOD[:10] + b"!" + _GOOD[11:], 1),
+    "missing-padding": (_GOOD[:-1], 1),
+    "one-character-extra": (_GOOD + b"A", 1),
+    "two-keys-on-one-line": (_GOOD + b" " + Fernet.generate_key(), 1),
+    "garbage-on-line-3": (_GOOD + b"\n\nnot a key at all\n", 3),
+    "quoted": (b'"' + _GOOD + b'"', 1),
+    "env-assignment": (b"FERNVAULT_MASTER_KEY=" + _GOOD, 1),
+    "non-ascii-on-line-2": (_GOOD + b"\n\xc3\xa9" + _GOOD[1:], 2),
+    "utf8-bom": (b"\xef\xbb\xbf" + _GOOD, 1),
+    "nul-byte": (_GOOD[:20] + b"\x00" + _GOOD[21:], 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_KEY_FILES))
+def test_invalid_key_names_file_and_line(tmp_path: Path, case: str) -> None:
+    content, line = _BAD_KEY_FILES[case]
+    key_file = _write_key_file(tmp_path / "vault.key", content)
+    with pytest.raises(KeyFileError) as caught:
+        SecretManager(key_file)
+    message = str(caught.value)
+    assert str(key_file) in message
+    assert f"line {line}" in message
+    assert _GOOD.decode()[5:35] not in message
+    assert key_file.read_bytes() == content
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\n", b"   \r\n", _GOOD[:30], b"\x00" * 44], ids=range(5)
+)
+def test_unusable_key_file_never_replaced(tmp_path: Path, content: bytes) -> None:
+    key_file = _write_key_file(tmp_path / "vault.key", content)
+    before = key_file.stat()
+    for _ in range(2):
+        with pytest.raises(KeyFileError, match=str(key_file)):
+            SecretManager(key_file)
+    after = key_file.stat()
+    assert key_file.read_bytes() == content
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_invalid_master_key_env_hides_value(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
+    bad = _GOOD.decode()[:-2] + "!="
+    monkeypatch.setenv("FERNVAULT_MASTER_KEY", f"{Fernet.generate_key().decode()},{bad}")
+    with pytest.raises(KeyFileError, match="FERNVAULT_MASTER_KEY, line 2") as caught:
+        SecretManager(url=db_url)
+    assert bad not in str(caught.value)
+    assert bad[5:35] not in str(caught.value)
