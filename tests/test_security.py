@@ -1,7 +1,11 @@
-"""Key file hygiene: private creation, loose-mode warnings, tolerant parsing, no replacement."""
+"""Security properties: key file hygiene and what each attacker can and cannot do.
+
+SECURITY.md cites these tests for its claims.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 import warnings
@@ -9,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
-from fernvault import KeyFileError, SecretManager
+from fernvault import IntegrityError, KeyFileError, SecretManager, WrongMasterKeyError
 from fernvault.keys import KeyFilePermissionWarning
+
+from . import dbutil
 
 
 def _write_key_file(path: Path, content: bytes, mode: int = 0o600) -> Path:
@@ -158,3 +164,105 @@ def test_invalid_master_key_env_hides_value(monkeypatch: pytest.MonkeyPatch, db_
         SecretManager(url=db_url)
     assert bad not in str(caught.value)
     assert bad[5:35] not in str(caught.value)
+
+
+# -- what each attacker can and cannot do ---------------------------------
+
+CANARY = "CANARY" + "7d1e" * 8
+
+
+def _database_bytes(db_url: str) -> bytes:
+    """Return every stored byte of the vault: the SQLite files, or a dump of both tables."""
+    if db_url.startswith("sqlite:///"):
+        path = Path(db_url.removeprefix("sqlite:///"))
+        files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+        return b"".join(file.read_bytes() for file in files if file.exists())
+    return repr(dbutil.snapshot(db_url)).encode()
+
+
+def _key_texts(vault: SecretManager) -> list[str]:
+    texts = [key.raw.decode() for key in vault._ring.keys]
+    for fernet in vault._keys._fernets.values():
+        raw = fernet._signing_key + fernet._encryption_key
+        texts.append(base64.urlsafe_b64encode(raw).decode())
+    return texts
+
+
+def test_database_holds_no_plaintext_or_key(vault: SecretManager, db_url: str) -> None:
+    vault.store_secret("plain-check", CANARY, {"note": "metadata is stored in clear"})
+    vault.update_secret_by_name("plain-check", CANARY + "-updated")
+    vault.rotate_key()
+    stored = _database_bytes(db_url)
+    assert CANARY.encode() not in stored
+    assert CANARY.encode("utf-16-le") not in stored
+    assert base64.urlsafe_b64encode(CANARY.encode()) not in stored
+    for key in _key_texts(vault):
+        assert key.encode() not in stored
+    assert b"plain-check" in stored
+    assert b"metadata is stored in clear" in stored
+
+
+def test_key_file_holds_no_value(vault: SecretManager, key_file: Path) -> None:
+    vault.store_secret("s", CANARY)
+    content = key_file.read_bytes()
+    assert CANARY.encode() not in content
+    assert len(content.split()) == 1
+
+
+def test_backup_unreadable_without_master_key(
+    vault: SecretManager, db_url: str, tmp_path: Path
+) -> None:
+    secret_id = vault.store_secret("s", CANARY)
+    stranger_key = _write_key_file(tmp_path / "stranger.key", Fernet.generate_key())
+    with pytest.raises(WrongMasterKeyError):
+        SecretManager(stranger_key, db_url)
+    with pytest.raises(KeyFileError, match="does not exist"):
+        SecretManager(tmp_path / "absent.key", db_url)
+    assert vault.get_secret(secret_id) == CANARY
+
+
+def test_old_key_file_useless_after_master_rotation(
+    vault: SecretManager, key_file: Path, db_url: str, tmp_path: Path
+) -> None:
+    secret_id = vault.store_secret("s", CANARY)
+    stolen = _write_key_file(tmp_path / "stolen.key", key_file.read_bytes())
+    vault.rotate_master_key()
+    with pytest.raises(WrongMasterKeyError):
+        SecretManager(stolen, db_url)
+    assert vault.get_secret(secret_id) == CANARY
+
+
+def test_old_data_key_useless_after_rotation(
+    vault: SecretManager, key_file: Path, db_url: str
+) -> None:
+    secret_id = vault.store_secret("s", CANARY)
+    backup = dbutil.snapshot(db_url)
+    old_key_id, old_wrapped, old_master_key_id = backup["data_keys"][0][:3]
+    old_data_key = vault._ring.unwrap(
+        old_wrapped, old_master_key_id, data_key_id=old_key_id, where="backup"
+    )
+    vault.rotate_key()
+    token = dbutil.fetch(db_url, "SELECT token FROM fernvault_secrets")[0][0]
+    with pytest.raises(InvalidToken):
+        Fernet(old_data_key).decrypt(token.encode())
+    assert vault.get_secret(secret_id) == CANARY
+
+
+def test_replayed_token_accepted_within_key(vault: SecretManager, db_url: str) -> None:
+    # A known limit: with write access, an older token of the same row, under
+    # the same data key, reads back as the older value.
+    secret_id = vault.store_secret("s", "old value")
+    old_token = dbutil.fetch(db_url, "SELECT token FROM fernvault_secrets")[0][0]
+    vault.update_secret(secret_id, "new value")
+    dbutil.execute(db_url, "UPDATE fernvault_secrets SET token = :t", {"t": old_token})
+    assert vault.get_secret(secret_id) == "old value"
+
+
+def test_replayed_token_rejected_after_rotation(vault: SecretManager, db_url: str) -> None:
+    secret_id = vault.store_secret("s", "old value")
+    old_row = dbutil.fetch(db_url, "SELECT token, key_id FROM fernvault_secrets")[0]
+    vault.update_secret(secret_id, "new value")
+    vault.rotate_key()
+    dbutil.execute(db_url, "UPDATE fernvault_secrets SET token = :t", {"t": old_row[0]})
+    with pytest.raises(IntegrityError, match=secret_id):
+        vault.get_secret(secret_id)

@@ -18,9 +18,12 @@ its subclasses are shaped by what the caller can do next::
     └── RotationConflictError: another rotation changed the data key first
 
 Messages name the secret (by id or name), the key file or the database URL
-with its password hidden. They never contain a value, a key or a token, and
-the driver's own error, which can quote bound values, is only chained as
-``__cause__`` when it is known to carry none.
+with its password hidden. They never contain a value, a key or a token. A
+StorageError keeps only the driver's primary message and chains the driver's
+error as ``__cause__``. SQLAlchemy hides its bound parameters, but on
+PostgreSQL its text can include the server's DETAIL line, which may quote a
+secret name, a key id or a token of the failing row. Values and keys never
+reach the database in plaintext, so no DETAIL line can contain one.
 """
 
 from __future__ import annotations
