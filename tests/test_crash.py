@@ -4,14 +4,18 @@ Each trial clones one seeded vault of 5,000 secrets and starts a child that
 rotates it page by page and reports each page over a pipe. The test kills
 the child with SIGKILL at a planned moment: just after it starts, after some
 page, right after the last page (while it deletes the old data key and
-commits), or after ``rotate_key`` returned. A fresh process then opens every
-clone, reads every secret and rotates once more.
+commits), or after ``rotate_key`` returned. Hooks on SQLAlchemy's commit and
+pool check-in events also kill it just before and just after the COMMIT. A
+fresh process then opens every clone, reads every secret and rotates once
+more.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, event
+from sqlalchemy.pool import Pool
 
 from fernvault import SecretManager
 
@@ -37,27 +43,42 @@ SPAWN = multiprocessing.get_context("spawn")
 
 @dataclass(frozen=True)
 class KillPlan:
-    """A kill moment: ``delay`` seconds after the ``count``-th ``event`` from the child."""
+    """A kill moment: ``delay`` seconds after the ``count``-th ``event`` from the child.
 
-    event: str  # "ready", "page", "last_page" or "done"
-    count: int
-    delay: float
+    The events "before_commit" and "after_commit" are hooks instead: the child
+    kills itself just before the rotation's COMMIT is sent, or when its
+    connection returns to the pool after the COMMIT.
+    """
+
+    event: str  # "ready", "page", "last_page", "done", "before_commit" or "after_commit"
+    count: int = 1
+    delay: float = 0.0
+
+    @property
+    def hook(self) -> str | None:
+        return self.event if self.event.endswith("_commit") else None
 
 
 def _kill_plans(rng: random.Random) -> list[KillPlan]:
     pages = SECRETS // BATCH_SIZE
-    plans = [KillPlan("ready", 1, rng.uniform(0.0, 0.005)) for _ in range(4)]
+    plans = [KillPlan("ready", 1, rng.uniform(0.0, 0.005)) for _ in range(3)]
     plans += [
-        KillPlan("page", rng.randint(1, pages - 1), rng.uniform(0.0, 0.003)) for _ in range(8)
+        KillPlan("page", rng.randint(1, pages - 1), rng.uniform(0.0, 0.003)) for _ in range(7)
     ]
-    plans += [KillPlan("last_page", 1, rng.uniform(0.0, 0.02)) for _ in range(5)]
-    plans += [KillPlan("done", 1, rng.uniform(0.0, 0.01)) for _ in range(3)]
+    plans += [KillPlan("last_page", 1, rng.uniform(0.0, 0.02)) for _ in range(4)]
+    plans += [KillPlan("done", 1, rng.uniform(0.0, 0.01)) for _ in range(2)]
+    plans += [KillPlan("before_commit"), KillPlan("before_commit")]
+    plans += [KillPlan("after_commit"), KillPlan("after_commit")]
     assert len(plans) == TRIALS
     rng.shuffle(plans)
     return plans
 
 
-def _rotate_and_report(key_file: str, url: str, pipe: Connection) -> None:
+def _die(*_: Any) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rotate_and_report(key_file: str, url: str, hook: str | None, pipe: Connection) -> None:
     total_pages = SECRETS // BATCH_SIZE
     pages = 0
 
@@ -67,36 +88,51 @@ def _rotate_and_report(key_file: str, url: str, pipe: Connection) -> None:
         pipe.send(("last_page" if pages == total_pages else "page", done))
 
     with SecretManager(key_file, url, batch_size=BATCH_SIZE) as vault:
+        # Armed after opening, so the first COMMIT or pool check-in is the rotation's.
+        if hook == "before_commit":
+            event.listen(Engine, "commit", _die)
+        elif hook == "after_commit":
+            event.listen(Pool, "checkin", _die)
         pipe.send(("ready", 0))
         key_id = vault.rotate_key(progress)
         pipe.send(("done", key_id))
         time.sleep(CHILD_TIMEOUT)  # wait to be killed
 
 
-def _run_trial(key_file: Path, url: str, plan: KillPlan) -> str:
-    """Run one child to its planned moment, SIGKILL it, and return the last event it sent."""
-    parent_end, child_end = SPAWN.Pipe(duplex=False)
-    child = SPAWN.Process(target=_rotate_and_report, args=(str(key_file), url, child_end))
-    child.start()
-    child_end.close()
+def _wait_for_event(pipe: Connection, plan: KillPlan) -> str:
+    """Read the child's events until the planned one; return the last event read."""
     seen: dict[str, int] = {}
     last_event = "none"
     deadline = time.monotonic() + CHILD_TIMEOUT
+    while time.monotonic() < deadline:
+        if not pipe.poll(deadline - time.monotonic()):
+            break
+        try:
+            name, _ = pipe.recv()
+        except EOFError:  # a hook plan: the child killed itself
+            return last_event
+        last_event = name
+        seen[name] = seen.get(name, 0) + 1
+        if name == plan.event and seen[name] == plan.count:
+            time.sleep(plan.delay)
+            return last_event
+    pytest.fail(f"rotation child reached no {plan.event} event within {CHILD_TIMEOUT} s")
+
+
+def _run_trial(key_file: Path, url: str, plan: KillPlan) -> str:
+    """Run one child to its planned moment, SIGKILL it, and return the last event it sent."""
+    parent_end, child_end = SPAWN.Pipe(duplex=False)
+    child = SPAWN.Process(
+        target=_rotate_and_report, args=(str(key_file), url, plan.hook, child_end)
+    )
+    child.start()
+    child_end.close()
     try:
-        while time.monotonic() < deadline:
-            if not parent_end.poll(deadline - time.monotonic()):
-                break
-            event, _ = parent_end.recv()
-            last_event = event
-            seen[event] = seen.get(event, 0) + 1
-            if event == plan.event and seen[event] == plan.count:
-                time.sleep(plan.delay)
-                break
-        else:
-            pytest.fail(f"rotation child sent no {plan.event} event within {CHILD_TIMEOUT} s")
-        child.kill()
-        child.join(timeout=10)
-        assert child.exitcode == -9, f"child ended with {child.exitcode} before the kill"
+        last_event = _wait_for_event(parent_end, plan)
+        if plan.hook is None:
+            child.kill()
+        child.join(timeout=CHILD_TIMEOUT)
+        assert child.exitcode == -signal.SIGKILL, f"{plan}: child ended with {child.exitcode}"
     finally:
         if child.is_alive():
             child.kill()
@@ -174,8 +210,10 @@ def test_sigkill_during_rotation_loses_nothing(
         assert "second_rotation_error" not in state, trial
         assert state["after_second"] == {state["second_rotation"]: SECRETS}, trial
         outcomes.append("old" if state["data_keys"] == [old_key] else "new")
-        if last_event == "done":
-            assert outcomes[-1] == "new", f"a returned rotation was undone: {trial}"
+        if last_event == "done" or plan.event == "after_commit":
+            assert outcomes[-1] == "new", f"a committed rotation was undone: {trial}"
+        if plan.event == "before_commit":
+            assert outcomes[-1] == "old", f"an uncommitted rotation took effect: {trial}"
     # Both outcomes occur, so the trials did kill on both sides of the commit.
     assert "old" in outcomes
     assert "new" in outcomes
