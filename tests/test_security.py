@@ -266,3 +266,19 @@ def test_replayed_token_rejected_after_rotation(vault: SecretManager, db_url: st
     dbutil.execute(db_url, "UPDATE fernvault_secrets SET token = :t", {"t": old_row[0]})
     with pytest.raises(IntegrityError, match=secret_id):
         vault.get_secret(secret_id)
+
+
+def test_metadata_not_authenticated(vault: SecretManager, db_url: str) -> None:
+    # A known limit: metadata is stored in clear and not bound to the token.
+    secret_id = vault.store_secret("s", "value", {"owner": "payments"})
+    dbutil.execute(db_url, "UPDATE fernvault_secrets SET metadata = :m", {"m": '{"owner": "x"}'})
+    assert vault.list_secrets()[0]["metadata"] == {"owner": "x"}
+    assert vault.get_secret(secret_id) == "value"
+
+
+def test_deleted_row_reads_as_missing(vault: SecretManager, db_url: str) -> None:
+    # A known limit: a writer can delete rows; fernvault cannot tell deletion from absence.
+    secret_id = vault.store_secret("s", "value")
+    dbutil.execute(db_url, "DELETE FROM fernvault_secrets")
+    assert vault.get_secret(secret_id) is None
+    assert vault.verify().ok

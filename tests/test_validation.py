@@ -7,11 +7,12 @@ both databases accept and reject exactly the same inputs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fernvault import InvalidInputError, InvalidTypeError, SecretManager
+from fernvault import InvalidInputError, InvalidTypeError, SecretManager, manage_secrets
 from fernvault.errors import FernvaultError
 from fernvault.validation import MAX_METADATA_BYTES, MAX_NAME_LENGTH, MAX_VALUE_BYTES
 
@@ -248,3 +249,24 @@ def test_metadata_at_limits_round_trips(vault: SecretManager) -> None:
     }
     vault.store_secret("m", "v", metadata)
     assert vault.list_secrets()[0]["metadata"] == metadata
+
+
+@pytest.mark.parametrize(
+    ("operation", "arguments", "expected"),
+    [
+        ("store", {"name": "", "value": "v"}, InvalidInputError),
+        ("store", {"name": "n", "value": None}, InvalidTypeError),
+        ("store", {"name": "n", "value": "v", "metadata": [1]}, InvalidTypeError),
+        ("get_by_name", {"name": 7}, InvalidTypeError),
+        ("update", {"secret_id": "0" * 32, "value": b"v"}, InvalidTypeError),
+        ("get", {"secret_id": None}, InvalidTypeError),
+        ("delete", {"secret_id": 1}, InvalidTypeError),
+    ],
+)
+def test_manage_secrets_checks_before_opening(
+    tmp_path: Path, operation: str, arguments: dict[str, Any], expected: type[Exception]
+) -> None:
+    key_file = tmp_path / "vault.key"
+    with pytest.raises(expected):
+        manage_secrets(operation, key_file=key_file, **arguments)
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,13 @@ from typing import Any
 
 from .errors import FernvaultError, InvalidTypeError, SecretNotFoundError
 from .manager import SecretManager
-from .validation import MAX_NAME_LENGTH
+from .validation import (
+    MAX_NAME_LENGTH,
+    check_metadata,
+    check_name,
+    check_secret_id,
+    check_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,7 @@ def manage_secrets(operation: str, **kwargs: Any) -> Any:
     key_file = kwargs.pop("key_file", None)
     url = kwargs.pop("url", None)
     arg: Callable[[str], Any] = kwargs.get  # missing arguments reach the validation as None
+    _check_arguments(operation, arg)
     with SecretManager(key_file, url) as manager:
         if operation == "store":
             return manager.store_secret(arg("name"), arg("value"), arg("metadata"))
@@ -72,6 +79,17 @@ def manage_secrets(operation: str, **kwargs: Any) -> Any:
         if operation == "delete":
             return manager.delete_secret(arg("secret_id"))
         return manager.rotate_key()
+
+
+def _check_arguments(operation: str, arg: Callable[[str], Any]) -> None:
+    """Validate the arguments of ``operation`` before any key file or database is opened."""
+    if operation in ("store", "get_by_name"):
+        check_name(arg("name"))
+    if operation in ("store", "update"):
+        check_value(arg("value"))
+        check_metadata(arg("metadata"))
+    if operation in ("get", "update", "delete"):
+        check_secret_id(arg("secret_id"))
 
 
 def _find(config: Any, path: str) -> tuple[Any, Any] | None:
