@@ -164,7 +164,7 @@ def _inspect_after_crash(key_file: str, urls: list[str]) -> list[dict[str, Any]]
 
 
 def _inspect_in_fresh_processes(key_file: Path, urls: list[str]) -> list[dict[str, Any]]:
-    """Inspect the clones in two new processes, one half each (the machine has two cores)."""
+    """Inspect the clones in two new processes, one half each, to halve the wall time."""
     halves = [urls[: len(urls) // 2], urls[len(urls) // 2 :]]
     with SPAWN.Pool(2) as pool:
         pending = [pool.apply_async(_inspect_after_crash, (str(key_file), half)) for half in halves]

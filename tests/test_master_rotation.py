@@ -32,11 +32,11 @@ from .vaultcopy import clone_vault, drop_clone, seed_values, seed_vault
 # Step boundaries, in the order rotate_master_key crosses them.
 STEPS = [
     "before_first_rename",  # the new key file is written and fsynced, not yet renamed
-    "after_first_rename",  # the key file holds the new key first and the old key below
+    "after_first_rename",  # the key file contains the new key first and the old key below
     "before_commit",  # the data keys are re-wrapped inside the open transaction
     "after_commit",  # the re-wrap is committed and the old key is still in the file
     "before_second_rename",  # the pruned key file is written, not yet renamed
-    "after_second_rename",  # the key file holds only the new key
+    "after_second_rename",  # the key file contains only the new key
 ]
 RANDOM_TRIALS = 6
 TIMEOUT = 60.0
