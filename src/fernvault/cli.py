@@ -257,7 +257,10 @@ def _progress(label: str, enabled: bool) -> Iterator[ProgressCallback | None]:
 def rotate(
     settings: Settings, master: bool, keep_old: bool, use_primary: bool, as_json: bool
 ) -> None:
-    """Re-encrypt every secret under a new data key, in one transaction."""
+    """Re-encrypt every secret under a new data key, in one transaction.
+
+    With --master, re-wrap the data keys under a new master key instead.
+    """
     if (keep_old or use_primary) and not master:
         raise click.UsageError("--keep-old and --use-primary go with --master")
     with settings.open() as vault:
