@@ -9,6 +9,7 @@ by the earlier in-memory SecretManager (one key, no newline) is valid.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import logging
 import os
@@ -304,8 +305,15 @@ def replace_key_file(path: Path, keys: Sequence[MasterKey]) -> MasterKeyRing:
     and fsyncs the folder, so a crash leaves either the old or the new file.
     Only master key rotation calls this, and only with a list that keeps
     every key the database may still need.
+
+    Temporary files that an earlier, killed rewrite of the same key file left
+    behind are deleted first, because they contain master keys. So two
+    rewrites of one key file must not run at the same time.
     """
     try:
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+            logger.info("deleted %s, left behind by an interrupted key file rewrite", leftover)
         temp = _write_private_temp(path.parent, path.name, _serialize(keys))
         try:
             os.replace(temp, path)
