@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,12 +183,12 @@ def test_full_disk_page_limit(tmp_path: Path) -> None:
             dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 2}")
 
         event.listen(vault._db.engine, "connect", limit_pages)
-        vault._db.engine.dispose()
+        vault._db.dispose()  # reconnect, so that every connection gets the limit
         with pytest.raises(StorageError, match="full") as caught:
             vault.store_secret("big", "x" * 300_000)
         _assert_storage_error(caught.value, "store", url)
         event.remove(vault._db.engine, "connect", limit_pages)
-        vault._db.engine.dispose()
+        vault._db.dispose()
 
         assert dbutil.snapshot(url) == before
         assert vault.get_secret(secret_id) == "value-kept"
@@ -223,30 +225,62 @@ def _terminate_all(url: str) -> int:
     return len(rows)
 
 
-def test_pg_connection_killed_during_store(pg_url: str, tmp_path: Path) -> None:
+def test_pg_connection_killed_during_update(pg_url: str, tmp_path: Path) -> None:
     with SecretManager(tmp_path / "vault.key", pg_url) as vault:
         secret_id = vault.store_secret("kept", "value-kept")
         before = dbutil.snapshot(pg_url)
         killed: list[int] = []
 
-        def kill_before_insert(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
-            if statement.startswith("INSERT INTO fernvault_secrets") and not killed:
+        def kill_before_update(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.startswith("UPDATE fernvault_secrets") and not killed:
                 killed.append(cursor.connection.info.backend_pid)
                 _terminate(killed[0])
 
-        event.listen(vault._db.engine, "before_cursor_execute", kill_before_insert)
+        event.listen(vault._db.engine, "before_cursor_execute", kill_before_update)
         try:
             with pytest.raises(StorageError) as caught:
-                vault.store_secret("new", "value-new")
+                vault.update_secret(secret_id, "value-new")
         finally:
-            event.remove(vault._db.engine, "before_cursor_execute", kill_before_insert)
+            event.remove(vault._db.engine, "before_cursor_execute", kill_before_update)
         assert killed
-        _assert_storage_error(caught.value, "store", pg_url)
+        _assert_storage_error(caught.value, "update", pg_url)
         assert dbutil.snapshot(pg_url) == before
 
-        vault.store_secret("new", "value-new")
+        vault.update_secret(secret_id, "value-new")
+        assert vault.get_secret(secret_id) == "value-new"
+
+
+def test_pg_session_killed_while_store_waits(pg_url: str, tmp_path: Path) -> None:
+    # A store is one INSERT in autocommit mode. A session the server terminates
+    # ran nothing, so the store reconnects and runs once more: exactly one row.
+    conninfo = PG_ADMIN_URL.rpartition("/")[0].replace("postgresql+psycopg", "postgresql")
+    with SecretManager(tmp_path / "vault.key", pg_url) as vault:
+        vault.store_secret("kept", "value-kept")
+        with psycopg.connect(f"{conninfo}/{pg_url.rpartition('/')[2]}") as blocker:
+            blocker.execute("LOCK TABLE fernvault_secrets IN ACCESS EXCLUSIVE MODE")
+
+            def kill_waiting_insert() -> None:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    with psycopg.connect(f"{conninfo}/postgres", autocommit=True) as admin:
+                        pids = admin.execute(
+                            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE 'INSERT INTO fernvault_secrets%%'"
+                        ).fetchall()
+                        if pids:
+                            admin.execute("SELECT pg_terminate_backend(%s)", (pids[0][0],))
+                            time.sleep(0.2)
+                            blocker.rollback()  # release the lock for the second attempt
+                            return
+                    time.sleep(0.05)
+
+            killer = threading.Thread(target=kill_waiting_insert)
+            killer.start()
+            vault.store_secret("new", "value-new")
+            killer.join(timeout=60)
+        names = dbutil.fetch(pg_url, "SELECT name FROM fernvault_secrets ORDER BY name")
+        assert names == [("kept",), ("new",)]
         assert vault.get_secret_by_name("new") == "value-new"
-        assert vault.get_secret(secret_id) == "value-kept"
 
 
 def test_pg_connection_killed_during_rotation(pg_url: str, tmp_path: Path) -> None:

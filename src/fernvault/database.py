@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 from .errors import InvalidInputError, StorageError
@@ -40,6 +40,9 @@ T = TypeVar("T")
 # fresh attempt can succeed: serialization_failure, deadlock_detected.
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 _MAX_ATTEMPTS = 5
+# SQLSTATE codes of a session the server terminated (admin_shutdown,
+# crash_shutdown, cannot_connect_now): the statement sent on it did not run.
+_SESSION_TERMINATED = frozenset({"57P01", "57P02", "57P03"})
 _BEGIN_OPTION = "fernvault_sqlite_begin"
 
 
@@ -64,6 +67,9 @@ class DriverStatement:
     sql: str
     positional: tuple[str, ...] | None
     defaults: Mapping[str, Any]
+    # The column types' bind processors (JSON to text, timestamps to SQLite's
+    # storage format), which SQLAlchemy would apply when it executes.
+    processors: Mapping[str, Callable[[Any], Any]]
 
     @classmethod
     def compile(cls, statement: Executable, dialect: Dialect) -> DriverStatement:
@@ -71,11 +77,21 @@ class DriverStatement:
         positional = tuple(compiled.positiontup) if compiled.positional else None
         # Parameters the compiler added itself, such as SQLite's "OFFSET 0".
         defaults = {name: value for name, value in compiled.params.items() if value is not None}
-        return cls(str(compiled), positional, defaults)
+        processors = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                processors[name] = processor
+        return cls(str(compiled), positional, defaults, processors)
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         if self.defaults:
             values = {**self.defaults, **values}
+        if self.processors:
+            values = {
+                name: self.processors[name](value) if name in self.processors else value
+                for name, value in values.items()
+            }
         if self.positional is None:
             return values
         return [values[name] for name in self.positional]
@@ -105,9 +121,9 @@ class Database:
         self.engine = self._create_engine(parsed)
         _dispose_after_fork(self.engine)
         self._compiled: dict[int, DriverStatement] = {}
-        # Single-statement reads run on one autocommit connection per thread,
-        # outside the pool: a read needs no BEGIN and COMMIT round trips.
-        self._reader_engine: Engine | None = None
+        # Single-statement reads and writes run on one autocommit connection
+        # per thread, detached from the pool: they need no BEGIN and COMMIT
+        # round trips, and the pool stays free for transactions.
         self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self._local = threading.local()
@@ -148,8 +164,6 @@ class Database:
             except Exception:  # noqa: BLE001 - closing a dead connection must not mask dispose
                 logger.debug("closing a reader connection of %s failed", self.display_url)
         self._local = threading.local()
-        if self._reader_engine is not None:
-            self._reader_engine.dispose()
         self.engine.dispose()
 
     def driver_statement(self, statement: Executable) -> DriverStatement:
@@ -166,12 +180,13 @@ class Database:
         cached = getattr(self._local, "reader", None)
         if cached is not None and cached[0] == os.getpid():
             return cached[1], cached[2]
-        with self._readers_lock:
-            if self._reader_engine is None:
-                self._reader_engine = self._create_engine(
-                    self.url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
-                )
-        reader = self._reader_engine.raw_connection()
+        reader = self.engine.raw_connection()
+        # Detached, the connection no longer counts against the pool's size and
+        # is never handed to a transaction in autocommit mode. SQLite's
+        # connections are in autocommit mode already (see _install_sqlite_hooks).
+        if self.dialect == "postgresql":
+            reader.driver_connection.autocommit = True  # type: ignore[union-attr]
+        reader.detach()
         with self._readers_lock:
             self._readers.append(reader)
         cursor = reader.cursor()
@@ -190,6 +205,40 @@ class Database:
             cached[1].invalidate()
         except Exception:  # noqa: BLE001 - the connection is being thrown away
             logger.debug("invalidating a reader connection of %s failed", self.display_url)
+
+    def write_one(self, operation: str, statement: Executable, values: Mapping[str, Any]) -> int:
+        """Run one INSERT, UPDATE or DELETE as its own transaction; return the row count.
+
+        A single statement in autocommit mode is atomic and, with SQLite's
+        synchronous=FULL, durable when this returns; it needs no BEGIN and
+        COMMIT round trips. The statement is not retried: after a lost
+        connection it may or may not have committed.
+        Raises ConstraintViolation for a unique or foreign key violation.
+        """
+        if self._in_memory:
+            return self.run(operation, lambda c: c.execute(statement, dict(values)).rowcount)
+        compiled = self.driver_statement(statement)
+        for attempt in (1, 2):
+            reader, cursor = self._reader()
+            try:
+                count: int = compiled.execute(cursor, values).rowcount
+                return count
+            except self._dbapi_error as exc:
+                if not self.engine.dialect.is_disconnect(exc, reader, cursor):  # type: ignore[arg-type]
+                    raise self._translate(operation, self._as_dbapi_error(exc)) from exc
+                self._drop_reader()
+                # Only a session the server had already terminated is safe to
+                # retry: it ran nothing. Any other lost connection may have
+                # committed the statement before the reply was lost.
+                if attempt == 1 and getattr(exc, "sqlstate", None) in _SESSION_TERMINATED:
+                    logger.info(
+                        "%s found its connection to %s terminated; reconnecting",
+                        operation,
+                        self.display_url,
+                    )
+                    continue
+                raise self._translate(operation, self._as_dbapi_error(exc)) from exc
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def read_one(
         self, operation: str, statement: Executable, values: Mapping[str, Any]
@@ -261,14 +310,16 @@ class Database:
                     )
                     time.sleep(delay)
                     continue
-                kind = _constraint_kind(error)
-                if kind is not None:
-                    message = f"{operation} violated a {kind} constraint"
-                    raise ConstraintViolation(kind, message) from exc
-                raise self.storage_error(operation, error) from exc
+                raise self._translate(operation, error) from exc
             except SQLAlchemyError as exc:
                 raise self.storage_error(operation, exc) from exc
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _translate(self, operation: str, error: DBAPIError) -> StorageError:
+        kind = _constraint_kind(error)
+        if kind is not None:
+            return ConstraintViolation(kind, f"{operation} violated a {kind} constraint")
+        return self.storage_error(operation, error)
 
     def _as_dbapi_error(self, exc: Exception) -> DBAPIError:
         """Wrap an error raised by a driver cursor like SQLAlchemy wraps its own."""

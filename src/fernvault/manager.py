@@ -238,13 +238,19 @@ class SecretManager:
     def _write_with_active_key(
         self, operation: str, work: Callable[[Connection, str, Fernet], _T]
     ) -> _T:
-        """Run ``work`` in a write transaction with the active data key id and key.
+        """Run ``work`` in a write transaction with the active data key id and key."""
+        return self._with_active_key(
+            lambda key_id, fernet: self._db.run(operation, _with_key(work, key_id, fernet))
+        )
+
+    def _with_active_key(self, attempt: Callable[[str, Fernet], _T]) -> _T:
+        """Call ``attempt`` with the active data key id and key until no rotation interferes.
 
         No lock is taken on the data key row: the foreign key check on the
         secret row does it (PostgreSQL locks the referenced key row FOR KEY
         SHARE, which waits for a rotation's FOR UPDATE). If a rotation has
-        retired the key, the check fails; the keys are reloaded and ``work``
-        runs again under the new active key.
+        retired the key, the check fails; the keys are reloaded and
+        ``attempt`` runs again under the new active key.
         """
         for _ in range(_LOCK_RETRIES):
             key_id, fernet = self._active
@@ -256,7 +262,7 @@ class SecretManager:
                     logger.error("%s", message)
                     raise IntegrityError(message)
             try:
-                return self._db.run(operation, _with_key(work, key_id, fernet))
+                return attempt(key_id, fernet)
             except ConstraintViolation as exc:
                 if exc.kind != "foreign key":
                     raise
@@ -327,16 +333,9 @@ class SecretManager:
             check_value(value)
         ids = {name: secrets.token_hex(16) for name, _ in pairs}
 
-        def work(connection: Connection, key_id: str, fernet: Fernet) -> dict[str, str]:
-            # A single store relies on the unique constraint; a batch looks first
-            # so that it can name every taken name or skip them.
-            taken: set[str] = set()
-            if len(pairs) > 1 or skip_existing:
-                taken = repo.existing_names(connection, [name for name, _ in pairs])
-            if taken and not skip_existing:
-                raise self._exists_error(sorted(taken))
+        def rows_for(key_id: str, fernet: Fernet, taken: set[str]) -> list[dict[str, Any]]:
             now = _now()
-            rows: list[dict[str, Any]] = [
+            return [
                 {
                     "id": ids[name],
                     "name": name,
@@ -349,12 +348,28 @@ class SecretManager:
                 for name, value in pairs
                 if name not in taken
             ]
+
+        def insert_one(key_id: str, fernet: Fernet) -> dict[str, str]:
+            # One INSERT is its own transaction; a taken name fails its unique constraint.
+            (row,) = rows_for(key_id, fernet, set())
+            self._db.write_one("store", repo.INSERT_SECRET, row)
+            return {row["name"]: row["id"]}
+
+        def insert_batch(connection: Connection, key_id: str, fernet: Fernet) -> dict[str, str]:
+            # A batch looks first, so that it can name every taken name or skip them.
+            taken = repo.existing_names(connection, [name for name, _ in pairs])
+            if taken and not skip_existing:
+                raise self._exists_error(sorted(taken))
+            rows = rows_for(key_id, fernet, taken)
             if rows:
                 repo.insert_secrets(connection, rows)
             return {row["name"]: row["id"] for row in rows}
 
         try:
-            stored = self._write_with_active_key("store", work)
+            if len(pairs) == 1 and not skip_existing:
+                stored = self._with_active_key(insert_one)
+            else:
+                stored = self._write_with_active_key("store", insert_batch)
         except ConstraintViolation as exc:
             if exc.kind != "unique":
                 raise
@@ -485,8 +500,8 @@ class SecretManager:
         if not check_secret_id(secret_id):
             return False
 
-        # No data key lock: a rotation that reaches a deleted row skips it.
-        deleted = self._db.run("delete", lambda c: repo.delete_secret(c, secret_id))
+        # One statement, no data key lock: a rotation that reaches a deleted row skips it.
+        deleted = self._db.write_one("delete", repo.DELETE_SECRET, {"secret_id": secret_id}) == 1
         if deleted:
             logger.info("deleted secret %s", secret_id)
         return deleted

@@ -106,6 +106,12 @@ def insert_secrets(connection: Connection, rows: Sequence[dict[str, Any]]) -> No
 SECRET_BY_ID = select(*_SECRET_COLUMNS).where(secrets_table.c.id == bindparam("secret_id"))
 SECRET_BY_NAME = select(*_SECRET_COLUMNS).where(secrets_table.c.name == bindparam("name"))
 
+# Single-statement writes that the manager runs with Database.write_one.
+INSERT_SECRET = insert(secrets_table).values(
+    {column.name: bindparam(column.name) for column in secrets_table.columns}
+)
+DELETE_SECRET = delete(secrets_table).where(secrets_table.c.id == bindparam("secret_id"))
+
 # The rotation's page query and row update, run on the driver cursor. The page
 # locks its rows FOR UPDATE on PostgreSQL (SQLite ignores the clause), so a
 # concurrent update of a row waits for the rotation instead of being overwritten.
