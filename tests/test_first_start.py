@@ -118,3 +118,25 @@ def test_racing_first_start(backend: str, tmp_path: Path, workers: list[Connecti
         finally:
             if url is not None:
                 drop_pg_database(url)
+
+
+def test_key_file_created_during_open(
+    vault: SecretManager, key_file: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_id = vault.store_secret("first", "first-value")
+    real_exists = Path.exists
+    calls: list[Path] = []
+
+    def exists_after_first_check(path: Path, **kwargs: bool) -> bool:
+        # The first check sees no key file, as when another process creates
+        # the key file and the data key just after this process looked.
+        if path == key_file:
+            calls.append(path)
+            if len(calls) == 1:
+                return False
+        return real_exists(path, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists_after_first_check)
+    with SecretManager(key_file, db_url) as late:
+        assert late.get_secret(secret_id) == "first-value"
+    assert len(calls) == 2

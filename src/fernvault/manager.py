@@ -153,6 +153,10 @@ class SecretManager:
         if self.key_file.exists():
             return keyfile.read_key_file(self.key_file)
         existing = self._db.run("key check", repo.all_data_keys, write=False)
+        if existing and self.key_file.exists():
+            # Another process opening the same new vault created the key file,
+            # then its data key, between the check above and the query.
+            return keyfile.read_key_file(self.key_file)
         if existing:
             message = (
                 f"key file {self.key_file} does not exist, but {self.url} holds data keys "
