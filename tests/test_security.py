@@ -58,6 +58,7 @@ def test_key_file_created_private_without_chmod(
 
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(key_file.parent.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(key_file.with_suffix(".db").stat().st_mode) == 0o600
     key_creations = [entry for entry in created if Path(entry[0]).parent == key_file.parent]
     assert key_creations
@@ -65,6 +66,19 @@ def test_key_file_created_private_without_chmod(
         assert flags & os.O_EXCL, path
         assert mode == 0o600, path
     assert sorted(p.name for p in key_file.parent.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_key_folder_parents_private_with_url(tmp_path: Path, db_url: str) -> None:
+    old_umask = os.umask(0)
+    try:
+        key_file = tmp_path / "a" / "b" / "vault.key"
+        with SecretManager(key_file, db_url):
+            pass
+    finally:
+        os.umask(old_umask)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
 def test_key_file_appears_whole(tmp_path: Path) -> None:

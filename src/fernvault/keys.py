@@ -271,6 +271,21 @@ def _write_private_temp(folder: Path, name: str, content: bytes) -> Path:
     return temp
 
 
+def make_private_folder(folder: Path) -> None:
+    """Create ``folder`` and each missing parent with mode 0700; leave existing ones alone.
+
+    ``Path.mkdir(parents=True)`` would create the parents with the umask's
+    default mode, world-writable under umask 0, so they are made one by one.
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for component in reversed(missing):
+        component.mkdir(mode=0o700, exist_ok=True)  # another process may create it first
+
+
 def create_key_file(path: Path) -> MasterKeyRing:
     """Create a key file holding one new master key, unless it already exists.
 
@@ -280,7 +295,7 @@ def create_key_file(path: Path) -> MasterKeyRing:
     An existing file is never overwritten: it is read and returned instead.
     """
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_folder(path.parent)
         temp = _write_private_temp(path.parent, path.name, _serialize([MasterKey.generate()]))
         try:
             os.link(temp, path)

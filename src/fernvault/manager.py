@@ -137,7 +137,7 @@ class SecretManager:
     def _default_sqlite_url(self) -> str:
         database_file = self.key_file.with_suffix(".db")
         try:
-            self.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            keyfile.make_private_folder(self.key_file.parent)
             # Create the file private before SQLite creates it with its default mode.
             fd = os.open(database_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
