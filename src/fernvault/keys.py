@@ -112,10 +112,10 @@ class MasterKeyRing:
     def unwrap(self, wrapped: str, master_key_id: str, *, data_key_id: str, where: str) -> bytes:
         """Decrypt a wrapped data key, trying the key named by ``master_key_id`` first.
 
-        Raises IntegrityError when the wrapped key was altered (the master key
-        with its fingerprint does not open it) or belongs to another data key
-        row, and WrongMasterKeyError naming ``where`` (the database) when no
-        configured master key has its fingerprint or opens it.
+        Raises IntegrityError when the wrapped key belongs to another data key
+        row, or was altered: the master key with the row's fingerprint does
+        not open it. Raises WrongMasterKeyError naming ``where`` (the database)
+        when no configured master key has the row's fingerprint or opens it.
         """
         ordered = sorted(self.keys, key=lambda key: key.key_id != master_key_id)
         try:
