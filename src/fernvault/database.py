@@ -119,14 +119,14 @@ class Database:
                 f"unsupported database {self.display_url}: use sqlite:/// or postgresql+psycopg://"
             )
         self.engine = self._create_engine(parsed)
-        _dispose_after_fork(self.engine)
         self._compiled: dict[int, DriverStatement] = {}
         # Single-statement reads and writes run on one autocommit connection
         # per thread, detached from the pool: they need no BEGIN and COMMIT
-        # round trips, and the pool stays free for transactions.
-        self._readers: list[Any] = []
-        self._readers_lock = threading.Lock()
+        # round trips, and the pool stays free for transactions. A thread's
+        # connection is closed when the thread ends or the database is disposed.
+        self._readers: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._local = threading.local()
+        _reset_after_fork(self)
         self._in_memory = self.dialect == "sqlite" and parsed.database in (None, "", ":memory:")
         self._dbapi_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
 
@@ -156,15 +156,19 @@ class Database:
         return create_engine(url, **options)
 
     def dispose(self) -> None:
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-        for reader in readers:
-            try:
-                reader.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection must not mask dispose
-                logger.debug("closing a reader connection of %s failed", self.display_url)
+        for reader in list(self._readers):
+            reader.close()
         self._local = threading.local()
         self.engine.dispose()
+
+    def forget_after_fork(self) -> None:
+        """Drop the parent's connections in a forked child without closing them.
+
+        Closing would end the parent's sessions, which share the sockets.
+        """
+        _INHERITED.extend(reader.abandon() for reader in list(self._readers))
+        self._local = threading.local()
+        self.engine.dispose(close=False)
 
     def driver_statement(self, statement: Executable) -> DriverStatement:
         """Return ``statement`` compiled for this database, compiling it once."""
@@ -176,43 +180,35 @@ class Database:
         return compiled
 
     def _reader(self) -> tuple[Any, Any]:
-        """Return this thread's reader connection and cursor, opening them on first use."""
-        cached = getattr(self._local, "reader", None)
-        if cached is not None and cached[0] == os.getpid():
-            return cached[1], cached[2]
-        reader = self.engine.raw_connection()
+        """Return this thread's autocommit connection and cursor, opening them on first use."""
+        reader: _ThreadConnection | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            return reader.connection, reader.cursor
+        connection = self.engine.raw_connection()
         # Detached, the connection no longer counts against the pool's size and
         # is never handed to a transaction in autocommit mode. SQLite's
         # connections are in autocommit mode already (see _install_sqlite_hooks).
         if self.dialect == "postgresql":
-            reader.driver_connection.autocommit = True  # type: ignore[union-attr]
-        reader.detach()
-        with self._readers_lock:
-            self._readers.append(reader)
-        cursor = reader.cursor()
-        self._local.reader = (os.getpid(), reader, cursor)
-        return reader, cursor
+            connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+        connection.detach()
+        reader = _ThreadConnection(connection)
+        self._readers.add(reader)
+        self._local.reader = reader
+        return reader.connection, reader.cursor
 
     def _drop_reader(self) -> None:
-        cached = getattr(self._local, "reader", None)
+        reader: _ThreadConnection | None = getattr(self._local, "reader", None)
         self._local.reader = None
-        if cached is None:
-            return
-        with self._readers_lock:
-            if cached[1] in self._readers:
-                self._readers.remove(cached[1])
-        try:
-            cached[1].invalidate()
-        except Exception:  # noqa: BLE001 - the connection is being thrown away
-            logger.debug("invalidating a reader connection of %s failed", self.display_url)
+        if reader is not None:
+            reader.close()
 
     def write_one(self, operation: str, statement: Executable, values: Mapping[str, Any]) -> int:
         """Run one INSERT, UPDATE or DELETE as its own transaction; return the row count.
 
         A single statement in autocommit mode is atomic and, with SQLite's
         synchronous=FULL, durable when this returns; it needs no BEGIN and
-        COMMIT round trips. The statement is not retried: after a lost
-        connection it may or may not have committed.
+        COMMIT round trips. After a lost connection the statement is retried
+        only when the server reports that it had terminated the session.
         Raises ConstraintViolation for a unique or foreign key violation.
         """
         if self._in_memory:
@@ -426,14 +422,44 @@ def _enable_wal(cursor: Any, busy_timeout: float) -> None:
             time.sleep(0.01)
 
 
-def _dispose_after_fork(engine: Engine) -> None:
-    # A forked child must not reuse the parent's pooled connections, which
-    # share sockets and file locks with the parent.
-    reference = weakref.ref(engine)
+class _ThreadConnection:
+    """One thread's detached autocommit connection; closed when the thread ends."""
 
-    def _reset_pool() -> None:
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        # Runs when the thread-local holding this object is cleared at thread exit.
+        self._finalizer = weakref.finalize(self, _invalidate_quietly, connection)
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def abandon(self) -> Any:
+        """Stop tracking the connection without closing it; return it."""
+        self._finalizer.detach()
+        return self.connection
+
+
+def _invalidate_quietly(connection: Any) -> None:
+    try:
+        connection.invalidate()
+    except Exception:  # noqa: BLE001 - the connection is being thrown away
+        logger.debug("closing a per-thread connection failed", exc_info=True)
+
+
+# Connections a forked child inherited: kept referenced, so that garbage
+# collection in the child never closes the parent's sessions.
+_INHERITED: list[Any] = []
+
+
+def _reset_after_fork(database: Database) -> None:
+    # A forked child must not reuse the parent's connections, which share
+    # sockets and file locks with the parent.
+    reference = weakref.ref(database)
+
+    def forget() -> None:
         target = reference()
         if target is not None:
-            target.dispose(close=False)
+            target.forget_after_fork()
 
-    os.register_at_fork(after_in_child=_reset_pool)
+    os.register_at_fork(after_in_child=forget)
