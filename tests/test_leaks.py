@@ -49,6 +49,7 @@ class Evidence:
 
     texts: list[tuple[str, str]] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
 
     def add(self, where: str, text: str) -> None:
         self.texts.append((where, text))
@@ -133,6 +134,8 @@ def _run_cli(
 ) -> str:
     result = CliRunner().invoke(cli, args, input=stdin)
     where = f"fernvault {' '.join(args[4:])}"
+    # Every key that was ever in the key file, including keys a later command removes.
+    evidence.keys |= _key_texts(Path(args[1]), None)
     assert result.exit_code == expect, (where, result.stderr)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         evidence.errors.append(result.exception)
@@ -325,6 +328,7 @@ def _drive_cli(evidence: Evidence, target: Target, key_file: Path, tmp_path: Pat
     _run_cli(evidence, [*base, "import", "--skip-existing", str(dotenv)])
     _run_cli(evidence, [*base, "db", "current"])
     _run_cli(evidence, [*base, "db", "upgrade"])
+    _drive_key_commands(evidence, base)
 
     _run_cli(evidence, [*base, "put", "cli_secret"], stdin=CANARY_VALUE, expect=1)
     _run_cli(evidence, [*base, "get", "missing"], expect=1)
@@ -342,6 +346,25 @@ def _drive_cli(evidence: Evidence, target: Target, key_file: Path, tmp_path: Pat
         read_only = ["--key-file", str(key_file), "--url", target.read_only_url]
         _run_cli(evidence, [*read_only, "put", "ro"], stdin=CANARY_VALUE, expect=1)
         _run_cli(evidence, [*read_only, "rotate"], expect=1)
+
+
+def _drive_key_commands(evidence: Evidence, base: list[str]) -> None:
+    """Add, list, promote and prune master keys, then re-wrap the data keys under the new one."""
+    _run_cli(evidence, [*base, "key", "add", "--generate"])
+    added = Fernet.generate_key().decode()
+    evidence.keys.add(added)
+    _run_cli(evidence, [*base, "key", "add"], stdin=added + "\n")
+    _run_cli(evidence, [*base, "key", "ls"])
+    listing = json.loads(_run_cli(evidence, [*base, "key", "ls", "--json"]))
+    newest = listing["keys"][-1]["master_key_id"]
+    _run_cli(evidence, [*base, "key", "promote", newest])
+    _run_cli(evidence, [*base, "rotate", "--master", "--use-primary", "--keep-old"])
+    _run_cli(evidence, [*base, "key", "prune"])
+
+    almost_key = added[:-2] + "!="
+    evidence.keys.add(almost_key)
+    _run_cli(evidence, [*base, "key", "add"], stdin=almost_key, expect=1)
+    _run_cli(evidence, [*base, "key", "promote", "0" * 16], expect=1)
 
 
 def test_no_canary_or_key_leaks(
@@ -363,6 +386,7 @@ def test_no_canary_or_key_leaks(
             evidence.add(f"exception {type(exc).__name__}", text)
 
     secrets_to_find = {"canary value": CANARY_VALUE, "canary password": CANARY_PASSWORD}
+    keys |= evidence.keys
     secrets_to_find |= {f"key {index}": key for index, key in enumerate(sorted(keys))}
     leaks = [
         f"{label} in {where}"
