@@ -276,3 +276,15 @@ def test_cli_verify_json_lists_damaged(filled: Vault) -> None:
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert sorted(failure["id"] for failure in report["failures"]) == sorted(filled.ids.values())
+
+
+def test_rotation_names_altered_data_key(filled: Vault) -> None:
+    key_id = _add_second_data_key(filled, "gamma")
+    wrapped = _wrapped_key(filled.url, key_id)
+    _set_wrapped_key(filled.url, key_id, _flip(wrapped, len(wrapped) // 2))
+    before = dbutil.snapshot(filled.url)
+    with SecretManager(filled.key_file, filled.url) as manager:
+        with pytest.raises(IntegrityError, match=f"data key {key_id} .* was altered") as caught:
+            manager.rotate_key()
+        assert caught.value.secret_id == filled.ids["gamma"]
+    assert dbutil.snapshot(filled.url) == before

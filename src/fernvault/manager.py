@@ -575,6 +575,7 @@ class SecretManager:
         fernet = self._keys.get(row.key_id)
         try:
             if fernet is None:
+                self._raise_if_damaged(row.id, row.key_id)
                 raise IntegrityError(
                     f"secret {row.id} refers to data key {row.key_id}, which is missing",
                     secret_id=row.id,
