@@ -429,7 +429,7 @@ class _ThreadConnection:
         self.connection = connection
         self.cursor = connection.cursor()
         # Runs when the thread-local holding this object is cleared at thread exit.
-        self._finalizer = weakref.finalize(self, _invalidate_quietly, connection)
+        self._finalizer = weakref.finalize(self, _close_quietly, connection)
 
     def close(self) -> None:
         self._finalizer()
@@ -440,9 +440,10 @@ class _ThreadConnection:
         return self.connection
 
 
-def _invalidate_quietly(connection: Any) -> None:
+def _close_quietly(connection: Any) -> None:
+    # close() of a detached connection closes the driver connection itself.
     try:
-        connection.invalidate()
+        connection.close()
     except Exception:  # noqa: BLE001 - the connection is being thrown away
         logger.debug("closing a per-thread connection failed", exc_info=True)
 
