@@ -179,6 +179,20 @@ class Database:
             self._compiled[id(statement)] = compiled
         return compiled
 
+    def executemany(
+        self, connection: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Run ``statement`` once per row on the driver cursor of ``connection``.
+
+        Runs inside the caller's transaction; the driver batches the rows
+        (psycopg pipelines them), without SQLAlchemy's per-row work.
+        """
+        cursor = connection.connection.cursor()
+        try:
+            self.driver_statement(statement).executemany(cursor, rows)
+        finally:
+            cursor.close()
+
     def _reader(self) -> tuple[Any, Any]:
         """Return this thread's autocommit connection and cursor, opening them on first use."""
         reader: _ThreadConnection | None = getattr(self._local, "reader", None)

@@ -360,13 +360,13 @@ class SecretManager:
             return {row["name"]: row["id"]}
 
         def insert_batch(connection: Connection, key_id: str, fernet: Fernet) -> dict[str, str]:
-            # A batch looks first, so that it can name every taken name or skip them.
-            taken = repo.existing_names(connection, [name for name, _ in pairs])
-            if taken and not skip_existing:
-                raise self._exists_error(sorted(taken))
+            # Without skip_existing a taken name fails the unique constraint and
+            # rolls the whole batch back, so only skipping needs to look first.
+            taken = set()
+            if skip_existing:
+                taken = repo.existing_names(connection, [name for name, _ in pairs])
             rows = rows_for(key_id, fernet, taken)
-            if rows:
-                repo.insert_secrets(connection, rows)
+            self._db.executemany(connection, repo.INSERT_SECRET, rows)
             return {row["name"]: row["id"] for row in rows}
 
         try:
@@ -377,10 +377,17 @@ class SecretManager:
         except ConstraintViolation as exc:
             if exc.kind != "unique":
                 raise
-            # Another writer took a name after the check, or a single store hit it.
-            raise self._exists_error(sorted(ids)) from None
-        for name, secret_id in stored.items():
-            logger.info("stored secret %s (%s)", secret_id, name)
+            names = [name for name, _ in pairs]
+            taken = self._db.run("lookup", lambda c: repo.existing_names(c, names), write=False)
+            # An empty set means another writer took a name and deleted it since.
+            raise self._exists_error(sorted(taken or names)) from None
+        if len(stored) == 1:
+            for name, secret_id in stored.items():
+                logger.info("stored secret %s (%s)", secret_id, name)
+        else:
+            logger.info("stored %d secrets in one transaction", len(stored))
+            for name, secret_id in stored.items():
+                logger.debug("stored secret %s (%s)", secret_id, name)
         return stored
 
     def _exists_error(self, names: list[str]) -> SecretExistsError:

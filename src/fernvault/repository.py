@@ -97,9 +97,6 @@ def delete_data_keys_except(connection: Connection, key_id: str) -> int:
     return result.rowcount
 
 
-def insert_secrets(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert secret rows, each a dict of column values (``metadata`` as the JSON column)."""
-    connection.execute(insert(secrets_table), list(rows))
 
 
 # Lookups that the manager runs outside a transaction with Database.read_one.
@@ -136,9 +133,6 @@ def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
     return SecretRow(*row) if row is not None else None
 
 
-def secret_by_name(connection: Connection, name: str) -> SecretRow | None:
-    row = connection.execute(select(*_SECRET_COLUMNS).where(secrets_table.c.name == name)).first()
-    return SecretRow(*row) if row is not None else None
 
 
 def secret_id_for_name(connection: Connection, name: str) -> str | None:
@@ -184,9 +178,6 @@ def update_secret(
     return connection.execute(statement).rowcount == 1
 
 
-def delete_secret(connection: Connection, secret_id: str) -> bool:
-    statement = delete(secrets_table).where(secrets_table.c.id == secret_id)
-    return connection.execute(statement).rowcount == 1
 
 
 def count_secrets(connection: Connection) -> int:
@@ -210,12 +201,3 @@ def secret_pages(connection: Connection, batch_size: int) -> Iterator[list[Secre
         yield page
         after = page[-1].id
 
-
-def update_tokens(connection: Connection, key_id: str, tokens: Sequence[tuple[str, str]]) -> None:
-    """Set ``token`` and ``key_id`` of many rows, given as (secret id, token) pairs."""
-    statement = (
-        update(secrets_table)
-        .where(secrets_table.c.id == bindparam("b_id"))
-        .values(token=bindparam("b_token"), key_id=key_id)
-    )
-    connection.execute(statement, [{"b_id": i, "b_token": t} for i, t in tokens])
