@@ -13,6 +13,7 @@ tmpfs can be mounted.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
@@ -62,11 +63,28 @@ def small_mount(tmp_path: Path) -> Iterator[Path | None]:
         _umount(folder)
 
 
+def _remount_read_only(folder: Path) -> None:
+    """Remount ``folder`` read-only, failing with the files this process still has open there."""
+    for _ in range(10):
+        gc.collect()  # close connections that only wait for garbage collection
+        result = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
+        if result.returncode == 0:
+            return
+        time.sleep(0.2)
+    fd_folder = Path("/proc/self/fd")
+    open_here = sorted(
+        target
+        for target in (os.readlink(fd_folder / fd) for fd in os.listdir(fd_folder))
+        if target.startswith(str(folder))
+    )
+    raise AssertionError(f"cannot remount {folder} read-only; files open here: {open_here}")
+
+
 @contextmanager
 def _read_only(folder: Path, mounted: bool) -> Iterator[None]:
     """Make ``folder`` and the files in it read-only for this process, then writable again."""
     if mounted:
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        _remount_read_only(folder)
         try:
             yield
         finally:
