@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnClause,
+    Connection,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 
 from .models import data_keys, secrets_table
 
@@ -97,8 +108,6 @@ def delete_data_keys_except(connection: Connection, key_id: str) -> int:
     return result.rowcount
 
 
-
-
 # Lookups that the manager runs outside a transaction with Database.read_one.
 SECRET_BY_ID = select(*_SECRET_COLUMNS).where(secrets_table.c.id == bindparam("secret_id"))
 SECRET_BY_NAME = select(*_SECRET_COLUMNS).where(secrets_table.c.name == bindparam("name"))
@@ -109,20 +118,29 @@ INSERT_SECRET = insert(secrets_table).values(
 )
 DELETE_SECRET = delete(secrets_table).where(secrets_table.c.id == bindparam("secret_id"))
 
-# The rotation's page query and row update, run on the driver cursor. The page
-# locks its rows FOR UPDATE on PostgreSQL (SQLite ignores the clause), so a
-# concurrent update of a row waits for the rotation instead of being overwritten.
-SECRET_PAGE = (
-    select(*_SECRET_COLUMNS)
+# The rotation's page queries and row update, run on the driver cursor. Each
+# page query returns a position column first, the key of the next page.
+# PostgreSQL pages by id and locks the rows FOR UPDATE, so a concurrent update
+# of a row waits for the rotation instead of being overwritten; SQLite pages by
+# rowid, in table order, and needs no row locks (writers are serialized).
+SECRET_PAGE_BY_ID = (
+    select(secrets_table.c.id.label("position"), *_SECRET_COLUMNS)
     .where(secrets_table.c.id > bindparam("after"))
     .order_by(secrets_table.c.id)
     .limit(bindparam("batch_size"))
     .with_for_update()
 )
-UPDATE_TOKEN = (
+_rowid: ColumnClause[int] = literal_column("rowid", Integer)
+SECRET_PAGE_BY_ROWID = (
+    select(_rowid.label("position"), *_SECRET_COLUMNS)
+    .where(_rowid > bindparam("after"))
+    .order_by(_rowid)
+    .limit(bindparam("batch_size"))
+)
+UPDATE_TOKEN_BY_ROWID = (
     update(secrets_table)
-    .where(secrets_table.c.id == bindparam("b_id"))
-    .values(token=bindparam("b_token"), key_id=bindparam("b_key_id"))
+    .where(_rowid == bindparam("position"))
+    .values(token=bindparam("token"), key_id=bindparam("key_id"))
 )
 
 
@@ -131,8 +149,6 @@ def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
         select(*_SECRET_COLUMNS).where(secrets_table.c.id == secret_id)
     ).first()
     return SecretRow(*row) if row is not None else None
-
-
 
 
 def secret_id_for_name(connection: Connection, name: str) -> str | None:
@@ -178,8 +194,6 @@ def update_secret(
     return connection.execute(statement).rowcount == 1
 
 
-
-
 def count_secrets(connection: Connection) -> int:
     return connection.execute(select(func.count()).select_from(secrets_table)).scalar_one()
 
@@ -200,4 +214,3 @@ def secret_pages(connection: Connection, batch_size: int) -> Iterator[list[Secre
             return
         yield page
         after = page[-1].id
-

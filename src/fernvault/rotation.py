@@ -82,44 +82,32 @@ class _PageWriter(threading.Thread):
             raise self.error
 
 
-def _update_rows(update: DriverStatement, key_id: str) -> PageWrite:
-    def write(cursor: Any, page: Sequence[tuple[str, str]]) -> None:
+def _update_by_rowid(update: DriverStatement, key_id: str) -> PageWrite:
+    """Return a SQLite page write: one executemany UPDATE addressed by rowid."""
+
+    def write(cursor: Any, page: Sequence[tuple[Any, str]]) -> None:
         update.executemany(
             cursor,
-            [
-                {"b_id": secret_id, "b_token": token, "b_key_id": key_id}
-                for secret_id, token in page
-            ],
+            [{"position": rowid, "token": token, "key_id": key_id} for rowid, token in page],
         )
 
     return write
 
 
-_STAGING = "fernvault_rotation_page"
+def _update_from_arrays(key_id: str) -> PageWrite:
+    """Return a PostgreSQL page write: one UPDATE joined with the page as two arrays.
 
-
-def _copy_and_update(cursor: Any, key_id: str) -> PageWrite:
-    """Return a PostgreSQL page write: COPY into a temporary table, then one UPDATE.
-
-    COPY streams a page in one round trip and the UPDATE joins it server-side,
-    which is several times faster than one UPDATE statement per row.
+    One statement and one round trip per page, instead of one UPDATE per row.
     """
-    table = secrets_table.name
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE {_STAGING} (id VARCHAR(32) NOT NULL, token TEXT NOT NULL) "
-        "ON COMMIT DROP"
-    )
-    update = (
-        f"UPDATE {table} AS s SET token = p.token, key_id = %(key_id)s "  # noqa: S608 - constants
-        f"FROM {_STAGING} AS p WHERE s.id = p.id"
+    statement = (
+        f"UPDATE {secrets_table.name} AS s SET token = p.token, key_id = %(key_id)s "  # noqa: S608
+        "FROM unnest(%(ids)s::varchar[], %(tokens)s::text[]) AS p(id, token) WHERE s.id = p.id"
     )
 
-    def write(cursor: Any, page: Sequence[tuple[str, str]]) -> None:
-        with cursor.copy(f"COPY {_STAGING} (id, token) FROM STDIN") as copy:
-            for row in page:
-                copy.write_row(row)
-        cursor.execute(update, {"key_id": key_id})
-        cursor.execute(f"DELETE FROM {_STAGING}")  # noqa: S608 - a constant table name
+    def write(cursor: Any, page: Sequence[tuple[Any, str]]) -> None:
+        ids = [secret_id for secret_id, _ in page]
+        tokens = [token for _, token in page]
+        cursor.execute(statement, {"key_id": key_id, "ids": ids, "tokens": tokens})
 
     return write
 
@@ -142,37 +130,39 @@ def reencrypt_all(
     """
     dbapi_connection = connection.connection
     lock = threading.Lock()
-    page_query = database.driver_statement(repo.SECRET_PAGE)
     overlap = connection.dialect.name == "postgresql"
+    # Pages follow the table's own order: the rowid on SQLite, where walking
+    # the random hex ids would touch every page of the table for each batch.
     if overlap:
-        setup = dbapi_connection.cursor()
-        try:
-            write = _copy_and_update(setup, key_id)
-        finally:
-            setup.close()
+        page_query = database.driver_statement(repo.SECRET_PAGE_BY_ID)
+        write = _update_from_arrays(key_id)
+        start: Any = ""  # every id is 32 hex digits, so each sorts after ""
     else:
-        write = _update_rows(database.driver_statement(repo.UPDATE_TOKEN), key_id)
+        page_query = database.driver_statement(repo.SECRET_PAGE_BY_ROWID)
+        write = _update_by_rowid(database.driver_statement(repo.UPDATE_TOKEN_BY_ROWID), key_id)
+        start = -(2**63)
     writer = _PageWriter(dbapi_connection, lock, write)
     if overlap:
         writer.start()
 
-    def fetch_page(after: str) -> list[repo.SecretRow]:
+    def fetch_page(after: Any) -> list[tuple[Any, repo.SecretRow]]:
+        """Return the next page as (position, row) pairs; position is the rowid or the id."""
         with lock:
             cursor = dbapi_connection.cursor()
             try:
                 rows = page_query.execute(cursor, {"after": after, "batch_size": batch_size})
-                return [repo.SecretRow(*row) for row in rows.fetchall()]
+                return [(row[0], repo.SecretRow(*row[1:])) for row in rows.fetchall()]
             finally:
                 cursor.close()
 
     done = 0
     try:
-        page = fetch_page("")  # every id is 32 hex digits, so each sorts after ""
+        page = fetch_page(start)
         while page:
-            updates = [(row.id, reseal(row)) for row in page]
+            updates = [(position, reseal(row)) for position, row in page]
             # Fetch the next page before handing this one over: once the writer
             # holds the connection, the next re-encryption overlaps its write.
-            next_page = fetch_page(page[-1].id)
+            next_page = fetch_page(page[-1][0])
             if overlap:
                 writer.submit(updates)
             else:
