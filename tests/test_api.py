@@ -160,3 +160,16 @@ def test_reopen_keeps_secrets(vault: SecretManager, key_file, db_url: str) -> No
     secret_id = vault.store_secret("db_url", VALUE)
     with SecretManager(key_file, db_url) as reopened:
         assert reopened.get_secret(secret_id) == VALUE
+
+
+def test_store_secrets_in_pages_is_one_transaction(vault: SecretManager) -> None:
+    vault.batch_size = 7
+    vault.store_secret("taken-19", "first")
+    batch = {f"taken-{i}": f"v{i}" for i in range(20)}
+    with pytest.raises(SecretExistsError, match="taken-19"):
+        vault.store_secrets(batch)
+    assert [entry["name"] for entry in vault.list_secrets()] == ["taken-19"]
+    stored = vault.store_secrets(batch, skip_existing=True)
+    assert len(stored) == 19
+    assert vault.get_secret(stored["taken-3"]) == "v3"
+    assert vault.get_secret_by_name("taken-19") == "first"

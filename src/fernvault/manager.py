@@ -337,7 +337,9 @@ class SecretManager:
             check_value(value)
         ids = {name: secrets.token_hex(16) for name, _ in pairs}
 
-        def rows_for(key_id: str, fernet: Fernet, taken: set[str]) -> list[dict[str, Any]]:
+        def rows_for(
+            key_id: str, fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
+        ) -> list[dict[str, Any]]:
             now = _now()
             return [
                 {
@@ -349,13 +351,13 @@ class SecretManager:
                     "created_at": now,
                     "updated_at": now,
                 }
-                for name, value in pairs
+                for name, value in chunk
                 if name not in taken
             ]
 
         def insert_one(key_id: str, fernet: Fernet) -> dict[str, str]:
             # One INSERT is its own transaction; a taken name fails its unique constraint.
-            (row,) = rows_for(key_id, fernet, set())
+            (row,) = rows_for(key_id, fernet, pairs, set())
             self._db.write_one("store", repo.INSERT_SECRET, row)
             return {row["name"]: row["id"]}
 
@@ -365,9 +367,13 @@ class SecretManager:
             taken = set()
             if skip_existing:
                 taken = repo.existing_names(connection, [name for name, _ in pairs])
-            rows = rows_for(key_id, fernet, taken)
-            self._db.executemany(connection, repo.INSERT_SECRET, rows)
-            return {row["name"]: row["id"] for row in rows}
+            stored: dict[str, str] = {}
+            # Encrypt and insert a page at a time, so memory stays bounded by the page.
+            for start in range(0, len(pairs), self.batch_size):
+                rows = rows_for(key_id, fernet, pairs[start : start + self.batch_size], taken)
+                self._db.executemany(connection, repo.INSERT_SECRET, rows)
+                stored.update((row["name"], row["id"]) for row in rows)
+            return stored
 
         try:
             if len(pairs) == 1 and not skip_existing:
