@@ -300,8 +300,8 @@ def key() -> None:
     """
 
 
-def _key_file_ring(settings: Settings) -> tuple[keyfile.MasterKeyRing, Path]:
-    """Read the key file that the key commands edit, and return it with its path.
+def _key_file_path(settings: Settings) -> Path:
+    """Return the key file that the key commands read and edit.
 
     Raises InvalidInputError when the master keys come from FERNVAULT_MASTER_KEY.
     """
@@ -310,8 +310,15 @@ def _key_file_ring(settings: Settings) -> tuple[keyfile.MasterKeyRing, Path]:
             f"the master keys come from {keyfile.MASTER_KEY_ENV}, not a key file: change "
             "that variable (keys separated by commas, primary first), or pass --key-file"
         )
-    path = Path(settings.key_file).expanduser() if settings.key_file else keyfile.default_key_file()
-    return keyfile.read_key_file(path), path
+    return Path(settings.key_file).expanduser() if settings.key_file else keyfile.default_key_file()
+
+
+@contextmanager
+def _edited_key_file(settings: Settings) -> Iterator[tuple[keyfile.MasterKeyRing, Path]]:
+    """Lock the key file, then yield its keys as read under the lock, and its path."""
+    path = _key_file_path(settings)
+    with keyfile.key_file_lock(path):
+        yield keyfile.read_key_file(path), path
 
 
 def _master_key_ids_in_use(settings: Settings) -> dict[str, str]:
@@ -335,7 +342,7 @@ def _master_key_ids_in_use(settings: Settings) -> dict[str, str]:
 @pass_settings
 def key_list(settings: Settings, as_json: bool) -> None:
     """List the master key ids of the key file and the data keys each one wraps."""
-    ring, _ = _key_file_ring(settings)
+    ring = keyfile.read_key_file(_key_file_path(settings))
     in_use = _master_key_ids_in_use(settings)
     listing: list[dict[str, Any]] = [
         {
@@ -383,16 +390,16 @@ def key_add(settings: Settings, generate: bool, primary: bool) -> None:
     The data keys are not re-wrapped. Without --primary the key is only tried
     for unwrapping, so it can be added on every host before any host uses it.
     """
-    ring, path = _key_file_ring(settings)
     added = keyfile.MasterKey.generate() if generate else _read_master_key()
-    others = [master_key for master_key in ring.keys if master_key.key_id != added.key_id]
-    if primary:
-        ordered = [added, *others]
-    elif len(others) < len(ring.keys):
-        ordered = list(ring.keys)  # already in the file: it keeps its place
-    else:
-        ordered = [*ring.keys, added]
-    keyfile.replace_key_file(path, ordered)
+    with _edited_key_file(settings) as (ring, path):
+        others = [master_key for master_key in ring.keys if master_key.key_id != added.key_id]
+        if primary:
+            ordered = [added, *others]
+        elif len(others) < len(ring.keys):
+            ordered = list(ring.keys)  # already in the file: it keeps its place
+        else:
+            ordered = [*ring.keys, added]
+        keyfile.replace_key_file(path, ordered)
     role = "primary" if ordered[0].key_id == added.key_id else "standby"
     click.echo(f"master key {added.key_id} is {role} in {ring.source}")
 
@@ -402,15 +409,15 @@ def key_add(settings: Settings, generate: bool, primary: bool) -> None:
 @pass_settings
 def key_promote(settings: Settings, master_key_id: str) -> None:
     """Make MASTER_KEY_ID the first line of the key file, without re-wrapping data keys."""
-    ring, path = _key_file_ring(settings)
-    chosen = [master_key for master_key in ring.keys if master_key.key_id == master_key_id]
-    if not chosen:
-        known = ", ".join(master_key.key_id for master_key in ring.keys)
-        raise InvalidInputError(
-            f"master key {master_key_id} is not in {ring.source} (it holds {known})"
-        )
-    others = [master_key for master_key in ring.keys if master_key.key_id != master_key_id]
-    keyfile.replace_key_file(path, [chosen[0], *others])
+    with _edited_key_file(settings) as (ring, path):
+        chosen = [master_key for master_key in ring.keys if master_key.key_id == master_key_id]
+        if not chosen:
+            known = ", ".join(master_key.key_id for master_key in ring.keys)
+            raise InvalidInputError(
+                f"master key {master_key_id} is not in {ring.source} (it holds {known})"
+            )
+        others = [master_key for master_key in ring.keys if master_key.key_id != master_key_id]
+        keyfile.replace_key_file(path, [chosen[0], *others])
     click.echo(f"master key {master_key_id} is primary in {ring.source}")
 
 
@@ -418,18 +425,18 @@ def key_promote(settings: Settings, master_key_id: str) -> None:
 @pass_settings
 def key_prune(settings: Settings) -> None:
     """Remove the master keys that wrap no data key; the primary key always stays."""
-    ring, path = _key_file_ring(settings)
-    needed = set(_master_key_ids_in_use(settings).values())
-    missing = needed - {master_key.key_id for master_key in ring.keys}
-    if missing:
-        raise KeyFileError(
-            f"data keys are wrapped by master keys {', '.join(sorted(missing))}, which are "
-            f"not in {ring.source}; nothing was removed"
-        )
-    kept = [ring.primary, *(k for k in ring.keys[1:] if k.key_id in needed)]
-    removed = [k.key_id for k in ring.keys if k not in kept]
-    if removed:
-        keyfile.replace_key_file(path, kept)
+    with _edited_key_file(settings) as (ring, path):
+        needed = set(_master_key_ids_in_use(settings).values())
+        missing = needed - {master_key.key_id for master_key in ring.keys}
+        if missing:
+            raise KeyFileError(
+                f"data keys are wrapped by master keys {', '.join(sorted(missing))}, which are "
+                f"not in {ring.source}; nothing was removed"
+            )
+        kept = [ring.primary, *(k for k in ring.keys[1:] if k.key_id in needed)]
+        removed = [k.key_id for k in ring.keys if k not in kept]
+        if removed:
+            keyfile.replace_key_file(path, kept)
     click.echo(f"removed {len(removed)} master keys from {ring.source}, kept {len(kept)}")
 
 

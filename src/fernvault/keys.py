@@ -9,6 +9,7 @@ by the earlier in-memory SecretManager (one key, no newline) is valid.
 from __future__ import annotations
 
 import base64
+import fcntl
 import glob
 import hashlib
 import logging
@@ -17,7 +18,8 @@ import re
 import secrets
 import stat
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,7 +325,8 @@ def replace_key_file(path: Path, keys: Sequence[MasterKey]) -> MasterKeyRing:
 
     Temporary files that an earlier, killed rewrite of the same key file left
     behind are deleted first, because they contain master keys. So two
-    rewrites of one key file must not run at the same time.
+    rewrites of one key file must not run at the same time: callers hold
+    ``key_file_lock`` from reading the keys to the last rewrite.
     """
     try:
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -341,3 +344,26 @@ def replace_key_file(path: Path, keys: Sequence[MasterKey]) -> MasterKeyRing:
         logger.error("%s", message)
         raise KeyFileError(message) from exc
     return MasterKeyRing(tuple(keys), str(path), path)
+
+
+@contextmanager
+def key_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the key file for a read-modify-write of its lines.
+
+    The lock is flock(2) on an empty file ``.NAME.lock`` beside the key file,
+    so concurrent master key rotations and ``fernvault key`` commands on one
+    host cannot drop each other's key lines. It does not span hosts: each
+    host has its own key file.
+    """
+    lock_path = path.parent / f".{path.name}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        message = f"cannot lock key file {path}: {exc.strerror or type(exc).__name__}"
+        logger.error("%s", message)
+        raise KeyFileError(message) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

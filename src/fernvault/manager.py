@@ -613,6 +613,13 @@ class SecretManager:
         ``generate`` (and always with FERNVAULT_MASTER_KEY) the current first
         key is the new one.
         """
+        if self._ring.path is None:
+            return self._rotate_master_key(generate=generate, prune=prune)
+        # Another rotation or `fernvault key` command on this key file waits.
+        with keyfile.key_file_lock(self._ring.path):
+            return self._rotate_master_key(generate=generate, prune=prune)
+
+    def _rotate_master_key(self, *, generate: bool, prune: bool) -> str:
         self._refresh_master_keys()
         ring = self._ring
         if generate:
