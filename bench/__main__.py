@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         ]
     )
     stem.with_suffix(".md").write_text(text, encoding="utf-8")
-    report.plot(summaries, stem.with_suffix(".png"))
+    environment = run["environment"]
+    title = (
+        f"fernvault {environment['fernvault'][:12]}, medians of {run['settings']['repeat']}, "
+        f"{environment['cpus']} CPUs, {environment['time']}"
+    )
+    report.plot(summaries, stem.with_suffix(".png"), title)
     print(text)
     print(f"results: {stem}.json, .md, .png", file=sys.stderr)
 

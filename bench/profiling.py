@@ -1,9 +1,10 @@
-"""Profile fernvault's get_secret_by_name, store_secret and rotate_key with cProfile.
+"""Profile fernvault's store_secrets, get_secret_by_name, store_secret and rotate_key.
 
-``python -m bench.profiling --db sqlite --n 10000`` fills a fresh vault, then
-for each operation counts the SQL statements and commits it sends and runs
-it under cProfile. It prints the share of own time spent in SQLAlchemy, the
-database driver, Fernet (cryptography and base64), fernvault and the rest, and writes the full
+``python -m bench.profiling --db sqlite --n 10000`` fills a fresh vault with
+``store_secrets``, then reads, stores and rotates. It counts the SQL
+statements each operation sends and runs it under cProfile. It prints the
+share of own time spent in SQLAlchemy, the database driver, Fernet
+(cryptography and base64), fernvault and the rest, and writes the full
 profiles (sorted by cumulative and by own time) to ``bench/results/``.
 """
 
@@ -153,16 +154,20 @@ def _describe(
 
 
 def profile_operations(target: Target, workload: Workload, output: Path) -> list[str]:
-    """Fill a vault on ``target`` and profile the three operations; return a summary line each."""
+    """Fill a vault on ``target`` and profile four operations; return summary lines."""
     from fernvault import SecretManager
 
     counter = StatementCounter(Counter())
     _count_driver_statements(counter)
     manager = SecretManager(key_file=target.folder / "fernvault.key", url=target.sqlalchemy_url)
     value = workload.value()
-    manager.store_secrets([(name, value) for name in workload.bulk_names()])
     dialect = target.dialect
     lines = []
+
+    items = [(name, value) for name in workload.bulk_names()]
+    counter.reset()
+    shares = _profile(lambda: manager.store_secrets(items), f"{dialect}-bulk", output)
+    lines.append(_describe("store_secrets, per secret", len(items), counter, shares, per=1000))
 
     names = workload.get_names()
     manager.get_secret_by_name(names[0])

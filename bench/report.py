@@ -236,7 +236,11 @@ _STYLES = {"floor": "tab:gray", "fernvault": "tab:green", "peer": "tab:red"}
 _LINES = {"sqlite": "-", "postgresql": "--"}
 
 
-def plot(summaries: dict[Key, Summary], path: Path) -> None:
+MIN_PLOTTED_MIB = 0.1
+"""Growth below this is drawn at this value, so the log scale can show a zero growth."""
+
+
+def plot(summaries: dict[Key, Summary], path: Path, title: str) -> None:
     """Draw rotation time and memory against the number of secrets, a row per value size."""
     import matplotlib
 
@@ -257,7 +261,7 @@ def plot(summaries: dict[Key, Summary], path: Path) -> None:
                     continue
                 counts = [n for n, _ in present]
                 seconds = [s.us_per_secret * n / 1e6 for n, s in present]
-                memory = [s.peak_growth_mib for _, s in present]
+                memory = [max(s.peak_growth_mib, MIN_PLOTTED_MIB) for _, s in present]
                 label = f"{implementation}, {database}"
                 style = {"color": color, "linestyle": _LINES[database], "marker": "o"}
                 time_axis.plot(counts, seconds, label=label, **style)
@@ -267,12 +271,13 @@ def plot(summaries: dict[Key, Summary], path: Path) -> None:
             title=f"Rotation time, {value_size}-byte values",
         )  # fmt: skip
         memory_axis.set(
-            xscale="log", yscale="symlog", xlabel="secrets", ylabel="peak RSS growth (MiB)",
+            xscale="log", yscale="log", xlabel="secrets", ylabel="peak RSS growth (MiB)",
             title=f"Rotation memory, {value_size}-byte values",
         )  # fmt: skip
         for axis in (time_axis, memory_axis):
             axis.grid(True, which="both", alpha=0.3)
         memory_axis.legend(fontsize="small")
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
