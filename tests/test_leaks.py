@@ -91,7 +91,7 @@ def _exception_texts(exc: BaseException) -> Iterator[str]:
 def _key_texts(key_file: Path, vault: SecretManager | None) -> set[str]:
     texts = {line.strip() for line in key_file.read_text().splitlines() if line.strip()}
     if vault is not None:
-        for fernet in vault._keys._fernets.values():
+        for fernet in vault._keys.cache._fernets.values():
             raw = fernet._signing_key + fernet._encryption_key
             texts.add(base64.urlsafe_b64encode(raw).decode())
     return texts
@@ -177,9 +177,10 @@ def _drive_api(evidence: Evidence, target: Target, key_file: Path, tmp_path: Pat
         assert decrypt_configuration(encrypted, manager=vault) == config
         evidence.add("encrypted configuration", json.dumps(encrypted))
         evidence.call("delete", lambda: vault.delete_secret_by_name("b"))
-        evidence.add("ring repr", repr(vault._ring))
-        evidence.add("key cache repr", repr(vault._keys))
-        for master_key in vault._ring.keys:
+        evidence.add("ring repr", repr(vault._keys.ring))
+        evidence.add("key cache repr", repr(vault._keys.cache))
+        evidence.add("vault keys repr", repr(vault._keys))
+        for master_key in vault._keys.ring.keys:
             evidence.add("master key repr", repr(master_key))
 
         evidence.expect_error("duplicate name", lambda: vault.store_secret("db", CANARY_VALUE))

@@ -120,10 +120,10 @@ def test_key_spellings_open_same_vault(tmp_path: Path, db_url: str, spelling: st
     original = _write_key_file(tmp_path / "original.key", f"{key}\n".encode())
     with SecretManager(original, db_url) as vault:
         secret_id = vault.store_secret("s", "value")
-        key_id = vault._ring.primary.key_id
+        key_id = vault._keys.ring.primary.key_id
     variant = _write_key_file(tmp_path / "variant.key", spelling.format(k=key).encode())
     with SecretManager(variant, db_url) as vault:
-        assert vault._ring.primary.key_id == key_id
+        assert vault._keys.ring.primary.key_id == key_id
         assert vault.get_secret(secret_id) == "value"
     assert variant.read_bytes() == spelling.format(k=key).encode()
 
@@ -195,8 +195,8 @@ def _database_bytes(db_url: str) -> bytes:
 
 
 def _key_texts(vault: SecretManager) -> list[str]:
-    texts = [key.raw.decode() for key in vault._ring.keys]
-    for fernet in vault._keys._fernets.values():
+    texts = [key.raw.decode() for key in vault._keys.ring.keys]
+    for fernet in vault._keys.cache._fernets.values():
         raw = fernet._signing_key + fernet._encryption_key
         texts.append(base64.urlsafe_b64encode(raw).decode())
     return texts
@@ -252,7 +252,7 @@ def test_old_data_key_useless_after_rotation(
     secret_id = vault.store_secret("s", CANARY)
     backup = dbutil.snapshot(db_url)
     old_key_id, old_wrapped, old_master_key_id = backup["data_keys"][0][:3]
-    old_data_key = vault._ring.unwrap(
+    old_data_key = vault._keys.ring.unwrap(
         old_wrapped, old_master_key_id, data_key_id=old_key_id, where="backup"
     )
     vault.rotate_key()

@@ -67,7 +67,7 @@ def _add_second_data_key(vault: Vault, name: str) -> str:
     """Insert an older data key and move secret ``name`` under it; return the key id."""
     key_id = "d" * 32
     key = Fernet.generate_key()
-    wrapped, master_key_id = vault.manager._ring.wrap(key, data_key_id=key_id)
+    wrapped, master_key_id = vault.manager._keys.ring.wrap(key, data_key_id=key_id)
     created = datetime.now(timezone.utc) - timedelta(days=1)
     dbutil.execute(
         vault.url,

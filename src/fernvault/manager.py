@@ -8,51 +8,34 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.fernet import Fernet
 from sqlalchemy import Connection, Select
 
 from . import keys as keyfile
 from . import repository as repo
-from .crypto import DataKeyCache, new_data_key, reseal, seal, unseal
+from .crypto import new_data_key, reseal, seal, unseal
 from .database import URL_ENV, ConstraintViolation, Database, sqlite_url_for
 from .errors import (
     DecryptionError,
     IntegrityError,
-    KeyFileError,
-    RotationConflictError,
     SecretExistsError,
     SecretNotFoundError,
     StorageError,
-    WrongMasterKeyError,
 )
-from .keys import MasterKeyRing
 from .rotation import reencrypt_all
-from .schema import ensure_schema, lock_schema
+from .schema import ensure_schema
 from .validation import check_metadata, check_name, check_secret_id, check_value
+from .vaultkeys import VaultKeys, open_key_file, utc_now
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of a rotation or verification."""
 
 DEFAULT_BATCH_SIZE = 1000
-_LOCK_RETRIES = 20
-
-
-def _with_key(
-    work: Callable[[Connection, str, Fernet], _T], key_id: str, fernet: Fernet
-) -> Callable[[Connection], _T]:
-    return lambda connection: work(connection, key_id, fernet)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -109,23 +92,22 @@ class SecretManager:
             Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
         )
         self.batch_size = batch_size
-        self._keys = DataKeyCache()
-        # The data key new writes use, as last seen. A write under a key that
-        # another process has since retired fails its foreign key check, and
-        # the write is retried after reloading the keys.
-        self._active: tuple[str, Fernet | None] = ("", None)
 
         url = url or os.environ.get(URL_ENV) or self._default_sqlite_url()
         self._db = Database(url, busy_timeout=busy_timeout)
         try:
             ensure_schema(self._db, auto_upgrade=auto_upgrade)
-            self._ring = keyfile.ring_from_env(env_key) if env_key else self._open_key_file()
-            self._ensure_data_key()
-            self._reload_data_keys()
+            if env_key:
+                ring = keyfile.ring_from_env(env_key)
+            else:
+                ring = open_key_file(self.key_file, self._db)
+            self._keys = VaultKeys(self._db, ring)
+            self._keys.ensure_data_key()
+            self._keys.reload()
         except BaseException:
             self._db.dispose()
             raise
-        logger.debug("opened vault %s with master keys from %s", self.url, self._ring.source)
+        logger.debug("opened vault %s with master keys from %s", self.url, self._keys.ring.source)
 
     # -- opening --------------------------------------------------------
 
@@ -148,156 +130,6 @@ class SecretManager:
                 f"cannot create database file {database_file}: {exc.strerror or type(exc).__name__}"
             ) from exc
         return sqlite_url_for(self.key_file)
-
-    def _open_key_file(self) -> MasterKeyRing:
-        if self.key_file.exists():
-            return keyfile.read_key_file(self.key_file)
-        existing = self._db.run("key check", repo.all_data_keys, write=False)
-        if existing and self.key_file.exists():
-            # Another process opening the same new vault created the key file,
-            # then its data key, between the check above and the query.
-            return keyfile.read_key_file(self.key_file)
-        if existing:
-            message = (
-                f"key file {self.key_file} does not exist, but {self.url} holds data keys "
-                f"wrapped by master key {existing[0].master_key_id}; restore that key file "
-                "(fernvault never creates a new key over existing data)"
-            )
-            logger.error("%s", message)
-            raise KeyFileError(message)
-        return keyfile.create_key_file(self.key_file)
-
-    def _ensure_data_key(self) -> None:
-        if self._db.run("data key check", repo.active_data_key, write=False) is not None:
-            return
-
-        def create(connection: Connection) -> None:
-            lock_schema(connection)
-            if repo.active_data_key(connection) is not None:
-                return
-            key_id, key = new_data_key()
-            wrapped, master_key_id = self._ring.wrap(key, data_key_id=key_id)
-            repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
-            logger.info("created data key %s in %s", key_id, self.url)
-
-        self._db.run("data key creation", create)
-
-    def _reload_data_keys(self, connection: Connection | None = None) -> None:
-        """Unwrap every data key of the database into the cache, forgetting deleted ones.
-
-        A data key row that was altered is marked damaged, so only the secrets
-        under it fail to read. Raises WrongMasterKeyError when the master keys
-        unwrap none of the data keys.
-        """
-        if connection is None:
-            rows = self._db.run("data key load", repo.all_data_keys, write=False)
-        else:
-            rows = repo.all_data_keys(connection)
-        known = {master_key.key_id for master_key in self._ring.keys}
-        if any(row.master_key_id not in known and self._keys.get(row.id) is None for row in rows):
-            self._refresh_master_keys()
-        unwrapped = 0
-        wrong_master_key: WrongMasterKeyError | None = None
-        for row in rows:
-            if self._keys.get(row.id) is not None:
-                unwrapped += 1
-                continue
-            try:
-                key = self._ring.unwrap(
-                    row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
-                )
-            except WrongMasterKeyError as exc:
-                wrong_master_key = wrong_master_key or exc
-                self._keys.mark_damaged(row.id, str(exc))
-                continue
-            except IntegrityError as exc:
-                self._keys.mark_damaged(row.id, str(exc))
-                continue
-            self._keys.put(row.id, key)
-            unwrapped += 1
-        self._keys.retain({row.id for row in rows})
-        if wrong_master_key is not None and unwrapped == 0:
-            raise wrong_master_key
-        if rows:
-            # all_data_keys returns the newest key first: the one new writes use.
-            self._active = (rows[0].id, self._keys.get(rows[0].id))
-        logger.debug("loaded %d data keys from %s", len(rows), self.url)
-
-    def _refresh_master_keys(self) -> None:
-        """Re-read the key file, which a master key rotation in another process may have changed.
-
-        Keys from FERNVAULT_MASTER_KEY cannot change while the process runs.
-        """
-        if self._ring.path is not None:
-            self._ring = keyfile.read_key_file(self._ring.path)
-            logger.debug("re-read master keys from %s", self._ring.source)
-
-    def _fernet_for(self, key_id: str, connection: Connection | None = None) -> Fernet | None:
-        fernet = self._keys.get(key_id)
-        if fernet is None and self._keys.damage(key_id) is None:
-            self._reload_data_keys(connection)
-            fernet = self._keys.get(key_id)
-        return fernet
-
-    def _write_with_active_key(
-        self, operation: str, work: Callable[[Connection, str, Fernet], _T]
-    ) -> _T:
-        """Run ``work`` in a write transaction with the active data key id and key."""
-        return self._with_active_key(
-            lambda key_id, fernet: self._db.run(operation, _with_key(work, key_id, fernet))
-        )
-
-    def _with_active_key(self, attempt: Callable[[str, Fernet], _T]) -> _T:
-        """Call ``attempt`` with the active data key id and key until no rotation interferes.
-
-        No lock is taken on the data key row: the foreign key check on the
-        secret row does it (PostgreSQL locks the referenced key row FOR KEY
-        SHARE, which waits for a rotation's FOR UPDATE). If a rotation has
-        retired the key, the check fails; the keys are reloaded and
-        ``attempt`` runs again under the new active key.
-        """
-        for _ in range(_LOCK_RETRIES):
-            key_id, fernet = self._active
-            if fernet is None:
-                self._reload_data_keys()
-                key_id, fernet = self._active
-                if fernet is None:
-                    message = self._keys.damage(key_id) or f"no usable data key in {self.url}"
-                    logger.error("%s", message)
-                    raise IntegrityError(message)
-            try:
-                return attempt(key_id, fernet)
-            except ConstraintViolation as exc:
-                if exc.kind != "foreign key":
-                    raise
-                logger.info("data key %s was retired by a rotation; reloading keys", key_id)
-                self._reload_data_keys()
-        message = f"the active data key of {self.url} kept changing; try again"
-        logger.error("%s", message)
-        raise RotationConflictError(message)
-
-    def _locked_active_key(self, connection: Connection, lock: repo.RowLock) -> tuple[str, Fernet]:
-        """Lock the active data key row in ``connection`` and return it, unwrapped.
-
-        On PostgreSQL a rotation that commits while this statement waits deletes
-        the row it waited for, and the statement returns nothing; it is repeated
-        with a fresh snapshot, which sees the new key.
-        """
-        for _ in range(_LOCK_RETRIES):
-            row = repo.active_data_key(connection, lock)
-            if row is not None:
-                fernet = self._fernet_for(row.id, connection)
-                if fernet is None:
-                    message = (
-                        self._keys.damage(row.id)
-                        or f"data key {row.id} in {self.url} could not be loaded"
-                    )
-                    logger.error("%s", message)
-                    raise IntegrityError(message)
-                return row.id, fernet
-        message = f"the active data key of {self.url} kept changing; try again"
-        logger.error("%s", message)
-        raise RotationConflictError(message)
 
     # -- secrets ----------------------------------------------------------
 
@@ -340,7 +172,7 @@ class SecretManager:
         def rows_for(
             key_id: str, fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
         ) -> list[dict[str, Any]]:
-            now = _now()
+            now = utc_now()
             return [
                 {
                     "id": ids[name],
@@ -377,9 +209,9 @@ class SecretManager:
 
         try:
             if len(pairs) == 1 and not skip_existing:
-                stored = self._with_active_key(insert_one)
+                stored = self._keys.with_active_key(insert_one)
             else:
-                stored = self._write_with_active_key("store", insert_batch)
+                stored = self._keys.write_with_active_key("store", insert_batch)
         except ConstraintViolation as exc:
             if exc.kind != "unique":
                 raise
@@ -423,11 +255,11 @@ class SecretManager:
                 secret_id,
                 token=seal(fernet, row.id, row.name, value),
                 key_id=key_id,
-                updated_at=_now(),
+                updated_at=utc_now(),
                 metadata=new_metadata,
             )
 
-        self._write_with_active_key("update", work)
+        self._keys.write_with_active_key("update", work)
         logger.info("updated secret %s", secret_id)
 
     def update_secret_by_name(
@@ -472,9 +304,9 @@ class SecretManager:
             if row is None:
                 return None
             secret_id, name, token, key_id = row
-            fernet = self._keys.get(key_id) or self._fernet_for(key_id)
+            fernet = self._keys.cache.get(key_id) or self._keys.fernet_for(key_id)
             if fernet is None:
-                self._raise_if_damaged(secret_id, key_id)
+                self._keys.raise_if_damaged(secret_id, key_id)
                 stale = (secret_id, key_id)
                 continue
             try:
@@ -486,14 +318,6 @@ class SecretManager:
         message = f"secret {stale[0]} refers to data key {stale[1]}, which is not in {self.url}"
         logger.error("%s", message)
         raise IntegrityError(message, secret_id=stale[0])
-
-    def _raise_if_damaged(self, secret_id: str, key_id: str) -> None:
-        """Raise IntegrityError naming the secret when its data key row was altered."""
-        damage = self._keys.damage(key_id)
-        if damage is not None:
-            message = f"secret {secret_id} cannot be decrypted: {damage}"
-            logger.error("%s", message)
-            raise IntegrityError(message, secret_id=secret_id)
 
     def list_secrets(self) -> list[dict[str, Any]]:
         """Return id, name, created_at, updated_at (ISO 8601, UTC) and metadata of each secret.
@@ -548,15 +372,15 @@ class SecretManager:
 
         # Wrap under the key file's current primary key, not the one read at open,
         # which another process's master key rotation may have removed.
-        self._refresh_master_keys()
+        self._keys.refresh_master_keys()
 
         def work(connection: Connection) -> int:
-            old_key_id, _ = self._locked_active_key(connection, "update")
+            old_key_id, _ = self._keys.locked_active_key(connection, "update")
             # Load every key now: the re-encryption loop must not use the connection.
-            self._reload_data_keys(connection)
+            self._keys.reload(connection)
             total = repo.count_secrets(connection)
-            wrapped, master_key_id = self._ring.wrap(key, data_key_id=key_id)
-            repo.insert_data_key(connection, key_id, wrapped, master_key_id, _now())
+            wrapped, master_key_id = self._keys.ring.wrap(key, data_key_id=key_id)
+            repo.insert_data_key(connection, key_id, wrapped, master_key_id, utc_now())
             done = reencrypt_all(
                 connection,
                 self._db,
@@ -571,9 +395,9 @@ class SecretManager:
             return done
 
         count = self._db.run("rotation", work)
-        self._keys.put(key_id, key)
-        self._keys.retain({key_id})
-        self._active = (key_id, new_fernet)
+        self._keys.cache.put(key_id, key)
+        self._keys.cache.retain({key_id})
+        self._keys.active = (key_id, new_fernet)
         seconds = time.monotonic() - started
         logger.info(
             "rotated data key of %s: %d secrets re-encrypted under %s in %.2f s",
@@ -585,10 +409,10 @@ class SecretManager:
         return RotationResult(key_id=key_id, secrets=count, seconds=seconds)
 
     def _reseal_for_rotation(self, row: repo.SecretRow, new_fernet: Fernet) -> str:
-        fernet = self._keys.get(row.key_id)
+        fernet = self._keys.cache.get(row.key_id)
         try:
             if fernet is None:
-                self._raise_if_damaged(row.id, row.key_id)
+                self._keys.raise_if_damaged(row.id, row.key_id)
                 raise IntegrityError(
                     f"secret {row.id} refers to data key {row.key_id}, which is missing",
                     secret_id=row.id,
@@ -605,61 +429,13 @@ class SecretManager:
     def rotate_master_key(self, *, generate: bool = True, prune: bool = True) -> str:
         """Re-wrap every data key under a new master key; return the new master key id.
 
-        With a key file and ``generate``, a new key is first written as the
-        file's first line with the old keys kept below it (atomic replace),
-        then the data keys are re-wrapped in one transaction, and only after
-        the commit, with ``prune``, the keys no data key needs are removed.
-        A crash at any point leaves a key file that opens the vault. Without
-        ``generate`` (and always with FERNVAULT_MASTER_KEY) the current first
-        key is the new one.
+        See ``VaultKeys.rotate_master_key`` for the steps and their crash safety.
         """
-        if self._ring.path is None:
-            return self._rotate_master_key(generate=generate, prune=prune)
-        # Another rotation or `fernvault key` command on this key file waits.
-        with keyfile.key_file_lock(self._ring.path):
-            return self._rotate_master_key(generate=generate, prune=prune)
-
-    def _rotate_master_key(self, *, generate: bool, prune: bool) -> str:
-        self._refresh_master_keys()
-        ring = self._ring
-        if generate:
-            if ring.path is None:
-                raise KeyFileError(
-                    f"cannot add a key to {ring.source}: put the new key first in "
-                    f"{keyfile.MASTER_KEY_ENV} and call rotate_master_key(generate=False)"
-                )
-            ring = keyfile.replace_key_file(ring.path, [keyfile.MasterKey.generate(), *ring.keys])
-            self._ring = ring
-            logger.info("added master key %s to %s", ring.primary.key_id, ring.source)
-
-        def work(connection: Connection) -> int:
-            self._locked_active_key(connection, "update")
-            rows = repo.all_data_keys(connection)
-            rewrapped = []
-            for row in rows:
-                key = ring.unwrap(
-                    row.wrapped_key, row.master_key_id, data_key_id=row.id, where=self.url
-                )
-                wrapped, master_key_id = ring.wrap(key, data_key_id=row.id)
-                rewrapped.append(repo.DataKeyRow(row.id, wrapped, master_key_id))
-            repo.rewrap_data_keys(connection, rewrapped)
-            return len(rewrapped)
-
-        count = self._db.run("master key rotation", work)
-        logger.info(
-            "re-wrapped %d data keys of %s under master key %s",
-            count,
-            self.url,
-            ring.primary.key_id,
-        )
-        if prune and ring.path is not None and len(ring.keys) > 1:
-            self._ring = keyfile.replace_key_file(ring.path, [ring.primary])
-            logger.info("removed %d old master keys from %s", len(ring.keys) - 1, ring.source)
-        return ring.primary.key_id
+        return self._keys.rotate_master_key(generate=generate, prune=prune)
 
     def verify(self, progress: ProgressCallback | None = None) -> VerifyReport:
         """Decrypt every secret and report counts per data key and each failure."""
-        self._reload_data_keys()
+        self._keys.reload()
         report = VerifyReport()
 
         def work(connection: Connection) -> None:
@@ -680,10 +456,10 @@ class SecretManager:
         self, connection: Connection, row: repo.SecretRow, report: VerifyReport
     ) -> None:
         report.total += 1
-        fernet = self._fernet_for(row.key_id, connection)
+        fernet = self._keys.fernet_for(row.key_id, connection)
         try:
             if fernet is None:
-                self._raise_if_damaged(row.id, row.key_id)
+                self._keys.raise_if_damaged(row.id, row.key_id)
                 raise IntegrityError(
                     f"secret {row.id} refers to data key {row.key_id}, which is not in {self.url}",
                     secret_id=row.id,
@@ -707,4 +483,4 @@ class SecretManager:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SecretManager(url={self.url!r}, master_keys={self._ring.source!r})"
+        return f"SecretManager(url={self.url!r}, master_keys={self._keys.ring.source!r})"
