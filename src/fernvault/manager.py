@@ -370,12 +370,15 @@ class SecretManager:
         key_id, key = new_data_key()
         new_fernet = Fernet(key)
 
-        # Wrap under the key file's current primary key, not the one read at open,
-        # which another process's master key rotation may have removed.
-        self._keys.refresh_master_keys()
-
         def work(connection: Connection) -> int:
             old_key_id, _ = self._keys.locked_active_key(connection, "update")
+            # Wrap under the key file's primary key as it is now, under the lock. A
+            # master key rotation writes its new key first in the file before it
+            # re-wraps under this same lock: if it committed first, the re-read
+            # sees its key; if this rotation commits first, it re-wraps this data
+            # key too. Reading before the lock could wrap under a key that the
+            # other rotation has removed from the file by the time this commits.
+            self._keys.refresh_master_keys()
             # Load every key now: the re-encryption loop must not use the connection.
             self._keys.reload(connection)
             total = repo.count_secrets(connection)

@@ -77,7 +77,9 @@ def active_data_key(connection: Connection, lock: RowLock = None) -> DataKeyRow 
 
 
 def all_data_keys(connection: Connection) -> list[DataKeyRow]:
+    """Return every data key, the active (newest) one first."""
     statement = select(data_keys.c.id, data_keys.c.wrapped_key, data_keys.c.master_key_id)
+    statement = statement.order_by(data_keys.c.created_at.desc(), data_keys.c.id.desc())
     return [DataKeyRow(*row) for row in connection.execute(statement)]
 
 
