@@ -1,8 +1,9 @@
 """Command line of the benchmark: ``python -m bench [--quick | --full] [options]``.
 
 Without options it runs the quick set (1,000 and 10,000 secrets of 64 bytes),
-which takes about six minutes on two cores; ``--full`` measures 1,000, 10,000
-and 100,000 secrets of 64 bytes and of 4 KiB. Results go to
+which took three minutes on the two-core machine of docs/benchmarks.md;
+``--full`` measures 1,000, 10,000 and 100,000 secrets of 64 bytes and of
+4 KiB, which took 41 minutes there. Results go to
 ``bench/results/``: the raw measurements as JSON (rewritten after each vault
 size, so an interrupted run keeps its data), the tables as Markdown, and the
 rotation plot as PNG. ``--from-json`` redraws the tables and the plot of an
