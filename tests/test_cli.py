@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,61 @@ def test_import_rejects_bad_file(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads(run(["ls", "--json"], key_file, db_url).stdout) == []
+
+
+def test_get_returns_stored_bytes(key_file: Path, db_url: str) -> None:
+    value = "pre\x1b[31mRED\x1b[0mpost ü"
+    assert run(["put", "ansi"], key_file, db_url, stdin=value).returncode == 0
+    got = subprocess.run(
+        [sys.executable, "-m", "fernvault", "--key-file", str(key_file), "--url", db_url]
+        + ["get", "-n", "ansi"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "LC_ALL": "C", "PYTHONIOENCODING": "ascii"},
+    )
+    assert got.returncode == 0
+    assert got.stdout == value.encode("utf-8")
+
+
+def test_put_rejects_non_utf8_stdin(key_file: Path, db_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fernvault", "--key-file", str(key_file), "--url", db_url]
+        + ["put", "binary"],
+        input=b"ab\xffcd",
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert b"not UTF-8" in result.stderr
+    assert b"ab" not in result.stderr
+
+
+def test_db_upgrade_creates_private_default_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "new" / "folder" / "vault.key"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERNVAULT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "fernvault", "--key-file", str(key_file), "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(key_file.with_suffix(".db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+
+
+def test_db_upgrade_unknown_revision_is_one_line(key_file: Path, db_url: str) -> None:
+    result = run(["db", "upgrade", "--revision", "bogus"], key_file, db_url)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "bogus" in result.stderr
+
+
+def test_loose_key_file_warning_is_one_line(key_file: Path, db_url: str) -> None:
+    assert run(["init"], key_file, db_url).returncode == 0
+    key_file.chmod(0o644)
+    result = run(["ls"], key_file, db_url)
+    assert result.returncode == 0
+    assert result.stderr.startswith("fernvault: warning: ")
+    assert result.stderr.count("\n") == 1

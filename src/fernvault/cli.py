@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from dotenv.parser import parse_stream
 from . import __version__, schema
 from . import keys as keyfile
 from . import repository as repo
-from .database import URL_ENV, Database, sqlite_url_for
+from .database import URL_ENV, Database
 from .errors import (
     FernvaultError,
     InvalidInputError,
@@ -33,6 +34,7 @@ from .errors import (
     SecretNotFoundError,
 )
 from .manager import ProgressCallback, SecretManager
+from .vaultkeys import private_sqlite_url
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Settings:
 
     def database(self) -> Database:
         key_file = Path(self.key_file).expanduser() if self.key_file else keyfile.default_key_file()
-        return Database(self.url or os.environ.get(URL_ENV) or sqlite_url_for(key_file))
+        return Database(self.url or os.environ.get(URL_ENV) or private_sqlite_url(key_file))
 
 
 def _fail(message: str) -> NoReturn:
@@ -64,6 +66,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except FernvaultError as exc:
             _fail(str(exc))
+        except OSError as exc:  # for example stdout on a full disk or a closed pipe
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or type(exc).__name__}{where}")
         except KeyboardInterrupt:
             _fail("interrupted")
 
@@ -133,7 +138,12 @@ def _read_value(name: str, keep_newline: bool, allow_empty: bool) -> str:
             show_default=False,
         )
     else:
-        value = sys.stdin.read()
+        try:
+            value = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"the value on standard input is not UTF-8 (invalid byte at offset {exc.start})"
+            ) from None
         if not keep_newline:
             value = value.removesuffix("\n").removesuffix("\r")
     if not value and not allow_empty:
@@ -195,7 +205,10 @@ def get(settings: Settings, name: str, no_newline: bool) -> None:
         value = vault.get_secret_by_name(name)
     if value is None:
         raise SecretNotFoundError(f"secret named {name!r} not found")
-    click.echo(value, nl=not no_newline)
+    # The bytes as stored: click.echo would strip ANSI escape sequences from a
+    # value when stdout is not a terminal, and the locale's encoding may not be UTF-8.
+    sys.stdout.buffer.write(value.encode("utf-8") + (b"" if no_newline else b"\n"))
+    sys.stdout.buffer.flush()
 
 
 @cli.command("ls")
@@ -558,5 +571,14 @@ def db_current(settings: Settings) -> None:
     _with_database(settings, run)
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object
+) -> str:
+    return f"fernvault: warning: {message}\n"
+
+
 def main() -> None:
+    # A warning, such as a key file readable by others, is one line on stderr
+    # like the errors, without Python's source line.
+    warnings.formatwarning = _one_line_warning
     cli(prog_name="fernvault")

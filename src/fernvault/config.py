@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import FernvaultError, InvalidTypeError, SecretNotFoundError
+from .errors import FernvaultError, InvalidInputError, InvalidTypeError, SecretNotFoundError
 from .manager import SecretManager
 from .validation import (
     MAX_NAME_LENGTH,
@@ -32,7 +32,17 @@ logger = logging.getLogger(__name__)
 REFERENCE_PREFIX = "encrypted:"
 _REFERENCE = re.compile(r"encrypted:([0-9a-f]{32})")
 
-_OPERATIONS = ("store", "get", "get_by_name", "list", "update", "delete", "rotate")
+# The keyword arguments of each operation, besides key_file and url.
+_ARGUMENTS: dict[str, frozenset[str]] = {
+    "store": frozenset({"name", "value", "metadata"}),
+    "get": frozenset({"secret_id"}),
+    "get_by_name": frozenset({"name"}),
+    "list": frozenset(),
+    "update": frozenset({"secret_id", "value", "metadata"}),
+    "delete": frozenset({"secret_id"}),
+    "rotate": frozenset(),
+}
+_OPERATIONS = tuple(_ARGUMENTS)
 
 
 @contextmanager
@@ -63,6 +73,12 @@ def manage_secrets(operation: str, **kwargs: Any) -> Any:
         raise FernvaultError(message)
     key_file = kwargs.pop("key_file", None)
     url = kwargs.pop("url", None)
+    unexpected = sorted(set(kwargs) - _ARGUMENTS[operation])
+    if unexpected:
+        # A misspelt keyword would otherwise be dropped, such as metadata stored without it.
+        message = f"unexpected arguments for {operation!r}: {', '.join(unexpected)}"
+        logger.error("%s", message)
+        raise InvalidInputError(message)
     arg: Callable[[str], Any] = kwargs.get  # missing arguments reach the validation as None
     _check_arguments(operation, arg)
     with SecretManager(key_file, url) as manager:
@@ -101,14 +117,20 @@ def _find(config: Any, path: str) -> tuple[Any, Any] | None:
         return config, path
     head, dot, rest = path.partition(".")
     if not dot:
-        if isinstance(config, list) and head.isdigit() and int(head) < len(config):
+        if isinstance(config, list) and _is_index(head) and int(head) < len(config):
             return config, int(head)
         return None
     if isinstance(config, Mapping) and head in config:
         return _find(config[head], rest)
-    if isinstance(config, list) and head.isdigit() and int(head) < len(config):
+    if isinstance(config, list) and _is_index(head) and int(head) < len(config):
         return _find(config[int(head)], rest)
     return None
+
+
+def _is_index(text: str) -> bool:
+    # ASCII digits in canonical form only: str.isdigit accepts "²" and "١", and
+    # "00" would name the same element as "0" and store it twice.
+    return text.isascii() and text.isdigit() and text == str(int(text))
 
 
 def _secret_name(prefix: str, path: str) -> str:
@@ -141,6 +163,10 @@ def encrypt_configuration(
     result = copy.deepcopy(dict(config))
     targets: dict[str, tuple[Any, Any]] = {}
     for path in secret_keys:
+        if not isinstance(path, str):
+            raise InvalidTypeError(
+                f"each path in secret_keys must be a str, not {type(path).__name__}"
+            )
         found = _find(result, path)
         if found is not None and isinstance(found[0][found[1]], str):
             targets[path] = found

@@ -34,6 +34,18 @@ def _header(secret_id: str, name: str) -> bytes:
     )
 
 
+def _check_row_types(token: object, secret_id: object, name: object) -> None:
+    # SQLite stores any type in any column: a row altered to hold a BLOB or a
+    # number there is damaged like any other altered row.
+    if not isinstance(secret_id, str):
+        raise IntegrityError(
+            f"a secret row holds an id of type {type(secret_id).__name__}; it was altered",
+            secret_id=None,
+        )
+    if not isinstance(token, str) or not isinstance(name, str):
+        raise _altered(secret_id)
+
+
 def _altered(secret_id: str) -> IntegrityError:
     return IntegrityError(
         f"secret {secret_id} cannot be decrypted: its token was altered or does not "
@@ -61,6 +73,7 @@ def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
     Raises IntegrityError naming the secret when the token does not
     authenticate under ``fernet`` or was made for another row.
     """
+    _check_row_types(token, secret_id, name)
     try:
         payload = fernet.decrypt(token.encode("ascii"))
     except (InvalidToken, UnicodeEncodeError):
@@ -82,6 +95,7 @@ def reseal(old: Fernet, new: Fernet, token: str, secret_id: str, name: str) -> s
     Raises IntegrityError like ``unseal`` when the token does not open or
     belongs to another row.
     """
+    _check_row_types(token, secret_id, name)
     try:
         payload = old.decrypt(token.encode("ascii"))
     except (InvalidToken, UnicodeEncodeError):

@@ -17,18 +17,19 @@ from sqlalchemy import Connection, Select
 from . import keys as keyfile
 from . import repository as repo
 from .crypto import new_data_key, reseal, seal, unseal
-from .database import URL_ENV, ConstraintViolation, Database, sqlite_url_for
+from .database import URL_ENV, ConstraintViolation, Database
 from .errors import (
     DecryptionError,
     IntegrityError,
+    InvalidInputError,
+    InvalidTypeError,
     SecretExistsError,
     SecretNotFoundError,
-    StorageError,
 )
 from .rotation import reencrypt_all
 from .schema import ensure_schema
 from .validation import check_metadata, check_name, check_secret_id, check_value
-from .vaultkeys import VaultKeys, open_key_file, utc_now
+from .vaultkeys import VaultKeys, open_key_file, private_sqlite_url, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +86,17 @@ class SecretManager:
         busy_timeout: float = 30.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+            raise InvalidTypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise InvalidInputError("batch_size must be at least 1")
         env_key = os.environ.get(keyfile.MASTER_KEY_ENV) if key_file is None else None
         self.key_file = (
             Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
         )
         self.batch_size = batch_size
 
-        url = url or os.environ.get(URL_ENV) or self._default_sqlite_url()
+        url = url or os.environ.get(URL_ENV) or private_sqlite_url(self.key_file)
         self._db = Database(url, busy_timeout=busy_timeout)
         try:
             ensure_schema(self._db, auto_upgrade=auto_upgrade)
@@ -115,21 +118,6 @@ class SecretManager:
     def url(self) -> str:
         """The database URL with its password hidden."""
         return self._db.display_url
-
-    def _default_sqlite_url(self) -> str:
-        database_file = self.key_file.with_suffix(".db")
-        try:
-            keyfile.make_private_folder(self.key_file.parent)
-            # Create the file private before SQLite creates it with its default mode.
-            fd = os.open(database_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create database file {database_file}: {exc.strerror or type(exc).__name__}"
-            ) from exc
-        return sqlite_url_for(self.key_file)
 
     # -- secrets ----------------------------------------------------------
 
@@ -156,6 +144,9 @@ class SecretManager:
         names out of the result.
         """
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        for pair in pairs:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise InvalidTypeError("items must be a dict or (name, value) pairs")
         checked = [(check_name(name), value) for name, value in pairs]
         names = [name for name, _ in checked]
         if len(set(names)) != len(names):
@@ -244,7 +235,8 @@ class SecretManager:
         check_value(value)
         new_metadata = check_metadata(metadata) if metadata is not None else None
         if not check_secret_id(secret_id):
-            raise self._not_found(f"secret {secret_id!r}")
+            # Not quoted: a value passed by mistake in place of the id would be shown.
+            raise self._not_found("secret with that id (ids are 32 lowercase hex characters)")
 
         def work(connection: Connection, key_id: str, fernet: Fernet) -> None:
             row = repo.secret_by_id(connection, secret_id)
@@ -324,17 +316,27 @@ class SecretManager:
 
         Values and tokens are never part of the result.
         """
-        rows = self._db.run("list", repo.list_secrets, write=False)
-        return [
-            {
-                "id": row["id"],
-                "name": row["name"],
-                "created_at": row["created_at"].isoformat(),
-                "updated_at": row["updated_at"].isoformat(),
-                "metadata": row["metadata"],
-            }
-            for row in rows
-        ]
+        try:
+            rows = self._db.run("list", repo.list_secrets, write=False)
+            return [
+                {
+                    "id": row["id"],
+                    "name": row["name"],
+                    "created_at": row["created_at"].isoformat(),
+                    "updated_at": row["updated_at"].isoformat(),
+                    "metadata": row["metadata"],
+                }
+                for row in rows
+            ]
+        except (ValueError, TypeError, AttributeError) as exc:
+            # SQLAlchemy parses metadata and timestamps while it fetches, so one
+            # row altered in the database makes the whole listing fail.
+            message = (
+                f"cannot list the secrets of {self.url}: a row holds metadata or a timestamp "
+                f"that does not parse ({type(exc).__name__}); it was altered in the database"
+            )
+            logger.error("%s", message)
+            raise IntegrityError(message) from None
 
     def delete_secret(self, secret_id: str) -> bool:
         """Delete the secret with this id; return False when there was none."""
@@ -476,7 +478,7 @@ class SecretManager:
     # -- lifetime ---------------------------------------------------------
 
     def close(self) -> None:
-        """Release the database connections; the manager cannot be used afterwards."""
+        """Release the database connections; a later call opens new ones."""
         self._db.dispose()
 
     def __enter__(self) -> SecretManager:

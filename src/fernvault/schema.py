@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, inspect, text
 
 from .database import Database
@@ -145,7 +146,12 @@ def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str
     def migrate(connection: Connection) -> tuple[str | None, str | None]:
         lock_schema(connection)
         before = current_revision(connection)
-        _upgrade(connection, revision)
+        try:
+            _upgrade(connection, revision)
+        except CommandError as exc:  # for example an unknown target revision
+            raise _schema_error(
+                f"cannot upgrade {database.display_url} to {revision}: {exc}"
+            ) from None
         return before, current_revision(connection)
 
     return database.run("schema upgrade", migrate)

@@ -40,9 +40,10 @@ def check_name(name: object) -> str:
     """Return ``name`` after checking its type, length and characters.
 
     Raises InvalidTypeError for a non-str and InvalidInputError for a name
-    that is empty, only whitespace, longer than MAX_NAME_LENGTH characters, or
-    contains a control character, a line or paragraph separator or a
-    bidirectional control character.
+    that is empty, only whitespace or invisible format characters (such as
+    U+200B), longer than MAX_NAME_LENGTH characters, or contains a control
+    character, a line or paragraph separator or a bidirectional control
+    character.
     """
     if not isinstance(name, str):
         raise InvalidTypeError(f"secret name must be a str, not {type(name).__name__}")
@@ -61,6 +62,9 @@ def check_name(name: object) -> str:
                 f"secret name contains U+{ord(character):04X} at position {position}; "
                 "control characters, line separators and bidirectional controls are not allowed"
             )
+    visible = "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+    if not visible.strip():
+        raise InvalidInputError("secret name must contain a visible character")
     return name
 
 

@@ -10,6 +10,7 @@ retired meanwhile.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +22,14 @@ from sqlalchemy import Connection
 from . import keys as keyfile
 from . import repository as repo
 from .crypto import DataKeyCache, new_data_key
-from .database import ConstraintViolation, Database
-from .errors import IntegrityError, KeyFileError, RotationConflictError, WrongMasterKeyError
+from .database import ConstraintViolation, Database, sqlite_url_for
+from .errors import (
+    IntegrityError,
+    KeyFileError,
+    RotationConflictError,
+    StorageError,
+    WrongMasterKeyError,
+)
 from .keys import MasterKeyRing
 from .schema import lock_schema
 
@@ -31,6 +38,26 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _LOCK_RETRIES = 20
+
+
+def private_sqlite_url(key_file: Path) -> str:
+    """Return the default vault URL, a SQLite file beside the key file with the same stem.
+
+    Creates the folder 0700 and the database file 0600 if they are missing,
+    before SQLite would create the file with its default mode.
+    """
+    database_file = key_file.with_suffix(".db")
+    try:
+        keyfile.make_private_folder(key_file.parent)
+        fd = os.open(database_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create database file {database_file}: {exc.strerror or type(exc).__name__}"
+        ) from exc
+    return sqlite_url_for(key_file)
 
 
 def utc_now() -> datetime:
