@@ -39,7 +39,7 @@ def _check_row_types(token: object, secret_id: object, name: object) -> None:
     # number there is damaged like any other altered row.
     if not isinstance(secret_id, str):
         raise IntegrityError(
-            f"a secret row holds an id of type {type(secret_id).__name__}; it was altered",
+            f"a secret row has an id of type {type(secret_id).__name__}, so it was altered",
             secret_id=None,
         )
     if not isinstance(token, str) or not isinstance(name, str):
@@ -56,7 +56,7 @@ def _altered(secret_id: str) -> IntegrityError:
 
 def _copied(secret_id: str) -> IntegrityError:
     return IntegrityError(
-        f"secret {secret_id} holds a token made for another row: it was copied or "
+        f"secret {secret_id} contains a token made for another row: it was copied or "
         "the row was renamed in the database",
         secret_id=secret_id,
     )

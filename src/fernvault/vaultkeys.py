@@ -1,6 +1,6 @@
 """The keys of one open vault in this process: master keys and data keys.
 
-``VaultKeys`` holds the master key ring, the cache of unwrapped data keys
+``VaultKeys`` contains the master key ring, the cache of unwrapped data keys
 and the data key that new writes use. It reloads the data keys when another
 process has rotated them, re-reads the key file when another process has
 rotated the master key, and retries a write whose data key a rotation
