@@ -154,3 +154,19 @@ def test_alembic_command_line(db_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert fetch(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(head_revision(),)]
+
+
+def test_secrets_table_storage_for_rotation(db_url: str) -> None:
+    database = Database(db_url)
+    try:
+        upgrade(database)
+        with database.engine.connect() as connection:
+            indexes = inspect(connection).get_indexes("fernvault_secrets")
+    finally:
+        database.dispose()
+    assert all("key_id" not in index["column_names"] for index in indexes)
+    if db_url.startswith("postgresql"):
+        options = fetch(
+            db_url, "SELECT reloptions FROM pg_class WHERE relname = 'fernvault_secrets'"
+        )
+        assert options == [(["fillfactor=50"],)]

@@ -75,13 +75,17 @@ class Secret(Base):
     """A named secret; ``token`` is its value encrypted under data key ``key_id``."""
 
     __tablename__ = "fernvault_secrets"
+    # Half-empty pages on PostgreSQL leave room for a rotation's new row
+    # versions beside the old ones: with no index on token or key_id, those
+    # updates are heap-only (HOT) and touch no index.
+    __table_args__ = {"postgresql_with": {"fillfactor": 50}}
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     token: Mapped[str] = mapped_column(Text)
-    key_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("fernvault_data_keys.id"), index=True
-    )
+    # Not indexed: a rotation rewrites key_id in every row, and an index would
+    # cost an insert per row; deleting the old data key scans the table once.
+    key_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("fernvault_data_keys.id"))
     # "metadata" is reserved on declarative classes, so the attribute is "meta".
     meta: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSON().with_variant(JSONB(), "postgresql")
