@@ -84,25 +84,53 @@ class DriverStatement:
                 processors[name] = processor
         return cls(str(compiled), positional, defaults, processors)
 
-    def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+    def _processed(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``values`` with the compiler's defaults added and bind processors applied."""
         if self.defaults:
             values = {**self.defaults, **values}
-        if self.processors:
-            values = {
-                name: self.processors[name](value) if name in self.processors else value
-                for name, value in values.items()
-            }
+        return {
+            name: self.processors[name](value) if name in self.processors else value
+            for name, value in values.items()
+        }
+
+    def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        processed = self._processed(values)
         if self.positional is None:
-            return values
-        return [values[name] for name in self.positional]
+            return processed
+        return [processed[name] for name in self.positional]
 
     def execute(self, cursor: Any, values: Mapping[str, Any]) -> Any:
         cursor.execute(self.sql, self.parameters(values))
         return cursor
 
-    def executemany(self, cursor: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            cursor.executemany(self.sql, [self.parameters(row) for row in rows])
+    def executemany(
+        self,
+        cursor: Any,
+        rows: Sequence[Mapping[str, Any]],
+        shared: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Run the statement once per row; ``shared`` values are the same in every row.
+
+        Shared values go through their bind processor once, not once per row.
+        """
+        if not rows:
+            return
+        fixed = self._processed(shared or {})
+        if self.positional is None:
+            cursor.executemany(self.sql, [{**fixed, **self._processed(row)} for row in rows])
+            return
+        columns = [
+            (name, fixed.get(name), name in fixed, self.processors.get(name))
+            for name in self.positional
+        ]
+        parameters = [
+            [
+                value if is_fixed else (process(row[name]) if process else row[name])
+                for name, value, is_fixed, process in columns
+            ]
+            for row in rows
+        ]
+        cursor.executemany(self.sql, parameters)
 
 
 class Database:
@@ -180,16 +208,21 @@ class Database:
         return compiled
 
     def executemany(
-        self, connection: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]
+        self,
+        connection: Connection,
+        statement: Executable,
+        rows: Sequence[Mapping[str, Any]],
+        shared: Mapping[str, Any] | None = None,
     ) -> None:
         """Run ``statement`` once per row on the driver cursor of ``connection``.
 
         Runs inside the caller's transaction; the driver batches the rows
         (psycopg pipelines them), without SQLAlchemy's per-row work.
+        ``shared`` holds the values that are the same in every row.
         """
         cursor = connection.connection.cursor()
         try:
-            self.driver_statement(statement).executemany(cursor, rows)
+            self.driver_statement(statement).executemany(cursor, rows, shared)
         finally:
             cursor.close()
 

@@ -161,27 +161,22 @@ class SecretManager:
         ids = {name: secrets.token_hex(16) for name, _ in pairs}
 
         def rows_for(
-            key_id: str, fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
+            fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
         ) -> list[dict[str, Any]]:
-            now = utc_now()
             return [
-                {
-                    "id": ids[name],
-                    "name": name,
-                    "token": seal(fernet, ids[name], name, value),
-                    "key_id": key_id,
-                    "metadata": metadata,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+                {"id": ids[name], "name": name, "token": seal(fernet, ids[name], name, value)}
                 for name, value in chunk
                 if name not in taken
             ]
 
+        def shared_for(key_id: str) -> dict[str, Any]:
+            now = utc_now()
+            return {"key_id": key_id, "metadata": metadata, "created_at": now, "updated_at": now}
+
         def insert_one(key_id: str, fernet: Fernet) -> dict[str, str]:
             # One INSERT is its own transaction; a taken name fails its unique constraint.
-            (row,) = rows_for(key_id, fernet, pairs, set())
-            self._db.write_one("store", repo.INSERT_SECRET, row)
+            (row,) = rows_for(fernet, pairs, set())
+            self._db.write_one("store", repo.INSERT_SECRET, {**row, **shared_for(key_id)})
             return {row["name"]: row["id"]}
 
         def insert_batch(connection: Connection, key_id: str, fernet: Fernet) -> dict[str, str]:
@@ -193,8 +188,8 @@ class SecretManager:
             stored: dict[str, str] = {}
             # Encrypt and insert a page at a time, so memory stays bounded by the page.
             for start in range(0, len(pairs), self.batch_size):
-                rows = rows_for(key_id, fernet, pairs[start : start + self.batch_size], taken)
-                self._db.executemany(connection, repo.INSERT_SECRET, rows)
+                rows = rows_for(fernet, pairs[start : start + self.batch_size], taken)
+                self._db.executemany(connection, repo.INSERT_SECRET, rows, shared_for(key_id))
                 stored.update((row["name"], row["id"]) for row in rows)
             return stored
 

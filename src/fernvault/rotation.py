@@ -86,10 +86,8 @@ def _update_by_rowid(update: DriverStatement, key_id: str) -> PageWrite:
     """Return a SQLite page write: one executemany UPDATE addressed by rowid."""
 
     def write(cursor: Any, page: Sequence[tuple[Any, str]]) -> None:
-        update.executemany(
-            cursor,
-            [{"position": rowid, "token": token, "key_id": key_id} for rowid, token in page],
-        )
+        rows = [{"position": rowid, "token": token} for rowid, token in page]
+        update.executemany(cursor, rows, {"key_id": key_id})
 
     return write
 
