@@ -45,12 +45,16 @@ _SQLITE_SCHEMA = (
         CONSTRAINT uq_fernvault_secrets_name UNIQUE (name),
         CONSTRAINT fk_fernvault_secrets_key_id_fernvault_data_keys
             FOREIGN KEY (key_id) REFERENCES fernvault_data_keys (id))""",
-    "CREATE INDEX ix_fernvault_secrets_key_id ON fernvault_secrets (key_id)",
 )
 
-_POSTGRESQL_SCHEMA = tuple(
-    statement.replace("DATETIME", "TIMESTAMP WITH TIME ZONE").replace("JSON", "JSONB")
-    for statement in _SQLITE_SCHEMA
+# The same shape as fernvault's schema at migration 0002: no index on key_id,
+# and on PostgreSQL a fill factor of 50 on fernvault_secrets.
+_POSTGRESQL_SCHEMA = (
+    *(
+        statement.replace("DATETIME", "TIMESTAMP WITH TIME ZONE").replace("JSON", "JSONB")
+        for statement in _SQLITE_SCHEMA
+    ),
+    "ALTER TABLE fernvault_secrets SET (fillfactor = 50)",
 )
 
 _INSERT_SECRET = (

@@ -65,3 +65,9 @@ def test_emoji_sequence_name_accepted(vault: SecretManager) -> None:
     name = "family \U0001f468\u200d\U0001f469\u200d\U0001f467"
     vault.store_secret(name, "v")
     assert vault.get_secret_by_name(name) == "v"
+
+
+def test_key_file_named_like_its_database(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="ends in .db"):
+        SecretManager(tmp_path / "vault.db")
+    assert list(tmp_path.iterdir()) == []

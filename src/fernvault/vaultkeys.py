@@ -25,6 +25,7 @@ from .crypto import DataKeyCache, new_data_key
 from .database import ConstraintViolation, Database, sqlite_url_for
 from .errors import (
     IntegrityError,
+    InvalidInputError,
     KeyFileError,
     RotationConflictError,
     StorageError,
@@ -47,6 +48,11 @@ def private_sqlite_url(key_file: Path) -> str:
     before SQLite would create the file with its default mode.
     """
     database_file = key_file.with_suffix(".db")
+    if database_file == key_file:
+        raise InvalidInputError(
+            f"key file {key_file} ends in .db, the name of its default database; "
+            "rename the key file or pass a database URL"
+        )
     try:
         keyfile.make_private_folder(key_file.parent)
         fd = os.open(database_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
