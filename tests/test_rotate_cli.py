@@ -22,22 +22,9 @@ from fernvault import SecretManager
 from fernvault import keys as keyfile
 
 from .dbutil import fetch
+from .test_cli import run
 
 TIMEOUT = 120.0
-
-
-def run(
-    args: list[str], key_file: Path, url: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FERNVAULT_")}
-    return subprocess.run(
-        [sys.executable, "-m", "fernvault", "--key-file", str(key_file), "--url", url, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-    )
 
 
 def run_with_terminal_stderr(args: list[str], key_file: Path, url: str) -> tuple[int, str, str]:
