@@ -64,7 +64,7 @@ def test_forked_child_and_parent_both_read(vault: SecretManager) -> None:
     child.join(timeout=60)
     assert child.exitcode == 0
 
-    # The parent's session still answers on the same backend after the child exits.
+    # The parent's session still runs queries on the same backend after the child exits.
     gc.collect()
     cursor = connection.cursor()
     cursor.execute("SELECT pg_backend_pid()")

@@ -58,7 +58,7 @@ def test_second_manager_rotates_everything(
         new_key = other.rotate_key()
     key_ids = {row[0] for row in fetch(db_url, "SELECT DISTINCT key_id FROM fernvault_secrets")}
     assert key_ids == {new_key}
-    # The first manager still holds the retired key in its cache and must reload.
+    # The first manager still has the retired key in its cache and must reload.
     for secret_id, value in expected.items():
         assert vault.get_secret(secret_id) == value
     new_id = vault.store_secret("after", "x")

@@ -427,7 +427,7 @@ def key_promote(settings: Settings, master_key_id: str) -> None:
         if not chosen:
             known = ", ".join(master_key.key_id for master_key in ring.keys)
             raise InvalidInputError(
-                f"master key {master_key_id} is not in {ring.source} (it holds {known})"
+                f"master key {master_key_id} is not in {ring.source} (it contains {known})"
             )
         others = [master_key for master_key in ring.keys if master_key.key_id != master_key_id]
         keyfile.replace_key_file(path, [chosen[0], *others])

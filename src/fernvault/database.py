@@ -120,17 +120,21 @@ class DriverStatement:
             cursor.executemany(self.sql, [{**fixed, **self._processed(row)} for row in rows])
             return
         columns = [
-            (name, fixed.get(name), name in fixed, self.processors.get(name))
+            (name, name in fixed, fixed.get(name), self.processors.get(name, _unchanged))
             for name in self.positional
         ]
         parameters = [
             [
-                value if is_fixed else (process(row[name]) if process else row[name])
-                for name, value, is_fixed, process in columns
+                value if is_fixed else process(row[name])
+                for name, is_fixed, value, process in columns
             ]
             for row in rows
         ]
         cursor.executemany(self.sql, parameters)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 class Database:
@@ -218,7 +222,7 @@ class Database:
 
         Runs inside the caller's transaction; the driver batches the rows
         (psycopg pipelines them), without SQLAlchemy's per-row work.
-        ``shared`` holds the values that are the same in every row.
+        ``shared`` contains the values that are the same in every row.
         """
         cursor = connection.connection.cursor()
         try:
@@ -288,7 +292,7 @@ class Database:
     ) -> tuple[Any, ...] | None:
         """Run one SELECT outside a transaction and return its first row.
 
-        A single statement sees one consistent snapshot on both databases, so
+        A single statement reads one consistent snapshot on both databases, so
         a lookup needs no transaction. A lost connection is replaced and the
         read tried once more.
         """

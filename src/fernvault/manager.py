@@ -70,7 +70,7 @@ class SecretManager:
     FERNVAULT_URL or a SQLite file beside the key file with the same stem.
 
     Opening creates the schema of an empty database and, when the database
-    holds no data key yet, a key file if none exists. It never creates a key
+    contains no data key yet, a key file if none exists. It never creates a key
     file for a database that already holds data keys. Raises MasterKeyError
     when the master key does not open the vault, SchemaError when the schema
     is out of date (unless ``auto_upgrade``), StorageError when the database
@@ -291,7 +291,7 @@ class SecretManager:
             if row is None:
                 return None
             secret_id, name, token, key_id = row
-            fernet = self._keys.cache.get(key_id) or self._keys.fernet_for(key_id)
+            fernet = self._keys.fernet_for(key_id)
             if fernet is None:
                 self._keys.raise_if_damaged(secret_id, key_id)
                 stale = (secret_id, key_id)
@@ -371,9 +371,9 @@ class SecretManager:
             old_key_id, _ = self._keys.locked_active_key(connection, "update")
             # Wrap under the key file's primary key as it is now, under the lock. A
             # master key rotation writes its new key first in the file before it
-            # re-wraps under this same lock: if it committed first, the re-read
-            # sees its key; if this rotation commits first, it re-wraps this data
-            # key too. Reading before the lock could wrap under a key that the
+            # re-wraps under this same lock. If it committed first, the re-read
+            # finds its key, and if this rotation commits first, it re-wraps this
+            # data key too. Reading before the lock could wrap under a key that the
             # other rotation has removed from the file by the time this commits.
             self._keys.refresh_master_keys()
             # Load every key now: the re-encryption loop must not use the connection.

@@ -83,8 +83,8 @@ class Secret(Base):
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     token: Mapped[str] = mapped_column(Text)
-    # Not indexed: a rotation rewrites key_id in every row, and an index would
-    # cost an insert per row; deleting the old data key scans the table once.
+    # Not indexed, because a rotation rewrites key_id in every row and an index
+    # would cost an insert per row. Deleting the old data key scans the table once.
     key_id: Mapped[str] = mapped_column(String(ID_LENGTH), ForeignKey("fernvault_data_keys.id"))
     # "metadata" is reserved on declarative classes, so the attribute is "meta".
     meta: Mapped[dict[str, Any]] = mapped_column(

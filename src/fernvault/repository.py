@@ -147,9 +147,7 @@ UPDATE_TOKEN_BY_ROWID = (
 
 
 def secret_by_id(connection: Connection, secret_id: str) -> SecretRow | None:
-    row = connection.execute(
-        select(*_SECRET_COLUMNS).where(secrets_table.c.id == secret_id)
-    ).first()
+    row = connection.execute(SECRET_BY_ID, {"secret_id": secret_id}).first()
     return SecretRow(*row) if row is not None else None
 
 

@@ -158,8 +158,8 @@ def reencrypt_all(
         page = fetch_page(start)
         while page:
             updates = [(position, reseal(row)) for position, row in page]
-            # Fetch the next page before handing this one over: once the writer
-            # holds the connection, the next re-encryption overlaps its write.
+            # Fetch the next page before handing this one over, so that the next
+            # re-encryption overlaps the writer's use of the connection.
             next_page = fetch_page(page[-1][0])
             if overlap:
                 writer.submit(updates)

@@ -77,9 +77,9 @@ def _with_key(
 
 
 def open_key_file(key_file: Path, database: Database) -> MasterKeyRing:
-    """Read the key file, or create it when the database holds no data key yet.
+    """Read the key file, or create it when the database contains no data key yet.
 
-    Raises KeyFileError when the file is missing but the database holds data
+    Raises KeyFileError when the file is missing but the database contains data
     keys: fernvault never creates a new key over existing data.
     """
     if key_file.exists():
@@ -230,7 +230,7 @@ class VaultKeys:
 
         On PostgreSQL a rotation that commits while this statement waits deletes
         the row it waited for, and the statement returns nothing; it is repeated
-        with a fresh snapshot, which sees the new key.
+        with a fresh snapshot, which includes the new key.
         """
         for _ in range(_LOCK_RETRIES):
             row = repo.active_data_key(connection, lock)
