@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.fernet import Fernet, InvalidToken
 
 from .errors import IntegrityError
+from .fernet_pages import PageCipher
 
 PAYLOAD_VERSION = b"\x01"
 _HEADER_LENGTH = 1 + 32 + 2
@@ -34,7 +36,8 @@ def _header(secret_id: str, name: str) -> bytes:
     )
 
 
-def _check_row_types(token: object, secret_id: object, name: object) -> None:
+def _checked_row(token: object, secret_id: object, name: object) -> tuple[str, str, str]:
+    """Return the row's token, id and name, checked to be strings."""
     # SQLite stores any type in any column: a row altered to hold a BLOB or a
     # number there is damaged like any other altered row.
     if not isinstance(secret_id, str):
@@ -44,6 +47,7 @@ def _check_row_types(token: object, secret_id: object, name: object) -> None:
         )
     if not isinstance(token, str) or not isinstance(name, str):
         raise _altered(secret_id)
+    return token, secret_id, name
 
 
 def _altered(secret_id: str) -> IntegrityError:
@@ -73,7 +77,7 @@ def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
     Raises IntegrityError naming the secret when the token does not
     authenticate under ``fernet`` or was made for another row.
     """
-    _check_row_types(token, secret_id, name)
+    token, secret_id, name = _checked_row(token, secret_id, name)
     try:
         payload = fernet.decrypt(token.encode("ascii"))
     except (InvalidToken, UnicodeEncodeError):
@@ -89,20 +93,25 @@ def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
         ) from None
 
 
-def reseal(old: Fernet, new: Fernet, token: str, secret_id: str, name: str) -> str:
-    """Re-encrypt a token under ``new`` without decoding its value.
+def reseal_page(
+    old: PageCipher, new: PageCipher, rows: Sequence[tuple[object, object, object]]
+) -> list[str]:
+    """Re-encrypt a page of ``(token, secret id, name)`` rows from ``old`` to ``new``.
 
-    Raises IntegrityError like ``unseal`` when the token does not open or
-    belongs to another row.
+    Values are not decoded. Returns the new tokens in the order of ``rows``.
+    Raises IntegrityError like ``unseal`` for the first row whose token does
+    not open or belongs to another row; then no token is returned.
     """
-    _check_row_types(token, secret_id, name)
-    try:
-        payload = old.decrypt(token.encode("ascii"))
-    except (InvalidToken, UnicodeEncodeError):
-        raise _altered(secret_id) from None
-    if not payload.startswith(_header(secret_id, name)):
-        raise _copied(secret_id)
-    return new.encrypt(payload).decode("ascii")
+    checked = [_checked_row(*row) for row in rows]
+    payloads = old.decrypt([token for token, _, _ in checked])
+    opened = []
+    for payload, (_, secret_id, name) in zip(payloads, checked, strict=True):
+        if payload is None:
+            raise _altered(secret_id)
+        if not payload.startswith(_header(secret_id, name)):
+            raise _copied(secret_id)
+        opened.append(payload)
+    return new.encrypt(opened)
 
 
 def new_data_key() -> tuple[str, bytes]:
@@ -119,16 +128,23 @@ class DataKeyCache:
     """
 
     _fernets: dict[str, Fernet] = field(default_factory=dict, repr=False)
+    _page_ciphers: dict[str, PageCipher] = field(default_factory=dict, repr=False)
     _damaged: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def get(self, key_id: str) -> Fernet | None:
         return self._fernets.get(key_id)
 
+    def page_cipher(self, key_id: str) -> PageCipher | None:
+        """Return the key ``key_id`` prepared for whole pages (rotation), or None."""
+        return self._page_ciphers.get(key_id)
+
     def put(self, key_id: str, key: bytes) -> Fernet:
         fernet = Fernet(key)
+        page_cipher = PageCipher(key)
         with self._lock:
             self._fernets[key_id] = fernet
+            self._page_ciphers[key_id] = page_cipher
             self._damaged.pop(key_id, None)
         return fernet
 
@@ -146,6 +162,7 @@ class DataKeyCache:
         with self._lock:
             for key_id in set(self._fernets) - key_ids:
                 del self._fernets[key_id]
+                del self._page_ciphers[key_id]
             for key_id in set(self._damaged) - key_ids:
                 del self._damaged[key_id]
 

@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Select
 
 from . import keys as keyfile
 from . import repository as repo
-from .crypto import new_data_key, reseal, seal, unseal
+from .crypto import new_data_key, reseal_page, seal, unseal
 from .database import URL_ENV, ConstraintViolation, Database
 from .errors import (
     DecryptionError,
@@ -26,6 +26,7 @@ from .errors import (
     SecretExistsError,
     SecretNotFoundError,
 )
+from .fernet_pages import PageCipher
 from .rotation import reencrypt_all
 from .schema import ensure_schema
 from .validation import check_metadata, check_name, check_secret_id, check_value
@@ -366,6 +367,7 @@ class SecretManager:
         started = time.monotonic()
         key_id, key = new_data_key()
         new_fernet = Fernet(key)
+        new_cipher = PageCipher(key)
 
         def work(connection: Connection) -> int:
             old_key_id, _ = self._keys.locked_active_key(connection, "update")
@@ -386,7 +388,7 @@ class SecretManager:
                 self._db,
                 key_id=key_id,
                 batch_size=self.batch_size,
-                reseal=lambda row: self._reseal_for_rotation(row, new_fernet),
+                reseal_page=lambda rows: self._reseal_for_rotation(rows, new_cipher),
                 total=total,
                 progress=progress,
             )
@@ -408,23 +410,38 @@ class SecretManager:
         )
         return RotationResult(key_id=key_id, secrets=count, seconds=seconds)
 
-    def _reseal_for_rotation(self, row: repo.SecretRow, new_fernet: Fernet) -> str:
-        fernet = self._keys.cache.get(row.key_id)
-        try:
-            if fernet is None:
-                self._keys.raise_if_damaged(row.id, row.key_id)
-                raise IntegrityError(
-                    f"secret {row.id} refers to data key {row.key_id}, which is missing",
-                    secret_id=row.id,
+    def _reseal_for_rotation(
+        self, rows: Sequence[repo.SecretRow], new_cipher: PageCipher
+    ) -> list[str]:
+        """Re-encrypt a page of rows under ``new_cipher``; one call per data key among them."""
+        by_key: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_key.setdefault(row.key_id, []).append(index)
+        tokens = [""] * len(rows)
+        for old_key_id, indexes in by_key.items():
+            try:
+                cipher = self._keys.cache.page_cipher(old_key_id)
+                if cipher is None:
+                    first = rows[indexes[0]]
+                    self._keys.raise_if_damaged(first.id, old_key_id)
+                    raise IntegrityError(
+                        f"secret {first.id} refers to data key {old_key_id}, which is missing",
+                        secret_id=first.id,
+                    )
+                page = [(rows[i].token, rows[i].id, rows[i].name) for i in indexes]
+                resealed = reseal_page(cipher, new_cipher, page)
+                for index, token in zip(indexes, resealed, strict=True):
+                    tokens[index] = token
+            except DecryptionError as exc:
+                failed = next((row for row in rows if row.id == exc.secret_id), None)
+                which = "a secret" if failed is None else f"secret {failed.id} ({failed.name})"
+                message = (
+                    f"rotation aborted and rolled back: {which} cannot be decrypted ({exc}); "
+                    "no secret was changed"
                 )
-            return reseal(fernet, new_fernet, row.token, row.id, row.name)
-        except DecryptionError as exc:
-            message = (
-                f"rotation aborted and rolled back: secret {row.id} ({row.name}) cannot be "
-                f"decrypted ({exc}); no secret was changed"
-            )
-            logger.error("%s", message)
-            raise IntegrityError(message, secret_id=row.id) from None
+                logger.error("%s", message)
+                raise IntegrityError(message, secret_id=exc.secret_id) from None
+        return tokens
 
     def rotate_master_key(self, *, generate: bool = True, prune: bool = True) -> str:
         """Re-wrap every data key under a new master key; return the new master key id.
