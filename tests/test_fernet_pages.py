@@ -73,6 +73,17 @@ def test_page_round_trip_agrees_with_fernet(plaintexts: list[bytes]) -> None:
     assert cipher.decrypt([fernet.encrypt(plaintext) for plaintext in plaintexts]) == plaintexts
 
 
+def test_decrypt_page_spanning_chunks() -> None:
+    # About 250 KB of tokens: several of the chunks that decrypt works in.
+    plaintexts = [os.urandom(length) for length in range(3000, 3080)]
+    tokens: list[object] = list(PageCipher(KEY).encrypt(plaintexts))
+    tokens[41] = Fernet(OTHER_KEY).encrypt(plaintexts[41]).decode("ascii")
+    opened = PageCipher(KEY).decrypt(tokens)
+    assert opened[41] is None
+    assert opened[:41] == plaintexts[:41]
+    assert opened[42:] == plaintexts[42:]
+
+
 def test_encrypt_uses_one_iv_per_token() -> None:
     tokens = PageCipher(KEY).encrypt([b"same"] * 200)
     ivs = {base64.urlsafe_b64decode(token)[9:25] for token in tokens}

@@ -41,6 +41,9 @@ _BLOCK = 16
 _MAC = 32
 _PREFIX = 1 + 8 + _BLOCK  # version, timestamp, IV
 _SHORTEST = _PREFIX + _BLOCK + _MAC  # one ciphertext block
+# Tokens are decrypted in chunks of about this many bytes, so that the copies
+# a chunk needs stay small next to the page itself, even with 4 MiB values.
+_CHUNK_BYTES = 64 * 1024
 _INVALID_KEY = "invalid Fernet key: expected 32 bytes in url-safe base64"
 
 
@@ -70,24 +73,35 @@ class PageCipher:
         padding is wrong. There is no time-to-live.
         """
         opened: list[bytes | None] = [None] * len(tokens)
-        verified: list[tuple[int, bytes]] = []
+        chunk: list[tuple[int, bytes]] = []
+        size = 0
         for index, token in enumerate(tokens):
             data = self._verified(token)
-            if data is not None:
-                verified.append((index, data))
-        if not verified:
-            return opened
-        ciphertext = b"".join([data[_PREFIX:-_MAC] for _, data in verified])
-        chained = b"".join([data[1 + 8 : -_MAC - _BLOCK] for _, data in verified])
+            if data is None:
+                continue
+            chunk.append((index, data))
+            size += len(data)
+            if size >= _CHUNK_BYTES:
+                self._decrypt_verified(chunk, opened)
+                chunk, size = [], 0
+        if chunk:
+            self._decrypt_verified(chunk, opened)
+        return opened
+
+    def _decrypt_verified(
+        self, chunk: Sequence[tuple[int, bytes]], opened: list[bytes | None]
+    ) -> None:
+        """Decrypt tokens whose HMAC verified, storing each plaintext at its index."""
+        ciphertext = b"".join([data[_PREFIX:-_MAC] for _, data in chunk])
+        chained = b"".join([data[1 + 8 : -_MAC - _BLOCK] for _, data in chunk])
         decryptor = Cipher(self._aes, modes.ECB()).decryptor()  # noqa: S305 - CBC by hand, see above
         blocks = decryptor.update(ciphertext) + decryptor.finalize()
         padded = _xor(blocks, chained)
         start = 0
-        for index, data in verified:
+        for index, data in chunk:
             end = start + len(data) - _PREFIX - _MAC
             opened[index] = _unpad(padded[start:end])
             start = end
-        return opened
 
     def encrypt(self, plaintexts: Sequence[bytes]) -> list[str]:
         """Seal each plaintext into a Fernet token stamped with the current time."""
