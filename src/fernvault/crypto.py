@@ -84,6 +84,7 @@ def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
         raise _altered(secret_id) from None
     header = _header(secret_id, name)
     if not payload.startswith(header):
+        del payload  # another row's value: the traceback must not keep it
         raise _copied(secret_id)
     try:
         return payload[len(header) :].decode("utf-8")
@@ -104,14 +105,24 @@ def reseal_page(
     """
     checked = [_checked_row(*row) for row in rows]
     payloads = old.decrypt([token for token, _, _ in checked])
-    opened = []
-    for payload, (_, secret_id, name) in zip(payloads, checked, strict=True):
+    failure = _first_failure(payloads, checked)
+    if failure is not None:
+        # The traceback keeps this frame alive: drop the page's values first.
+        payloads.clear()
+        raise failure
+    return new.encrypt([payload for payload in payloads if payload is not None])
+
+
+def _first_failure(
+    payloads: Sequence[bytes | None], rows: Sequence[tuple[str, str, str]]
+) -> IntegrityError | None:
+    """Return the error for the first payload that did not open or belongs to another row."""
+    for payload, (_, secret_id, name) in zip(payloads, rows, strict=True):
         if payload is None:
-            raise _altered(secret_id)
+            return _altered(secret_id)
         if not payload.startswith(_header(secret_id, name)):
-            raise _copied(secret_id)
-        opened.append(payload)
-    return new.encrypt(opened)
+            return _copied(secret_id)
+    return None
 
 
 def new_data_key() -> tuple[str, bytes]:
@@ -143,8 +154,9 @@ class DataKeyCache:
         fernet = Fernet(key)
         page_cipher = PageCipher(key)
         with self._lock:
-            self._fernets[key_id] = fernet
+            # Callers check get() first, so the page cipher must be there by then.
             self._page_ciphers[key_id] = page_cipher
+            self._fernets[key_id] = fernet
             self._damaged.pop(key_id, None)
         return fernet
 

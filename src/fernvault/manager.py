@@ -413,7 +413,7 @@ class SecretManager:
     def _reseal_for_rotation(
         self, rows: Sequence[repo.SecretRow], new_cipher: PageCipher
     ) -> list[str]:
-        """Re-encrypt a page of rows under ``new_cipher``; one call per data key among them."""
+        """Re-encrypt a page of rows under ``new_cipher``, one batch per data key among them."""
         by_key: dict[str, list[int]] = {}
         for index, row in enumerate(rows):
             by_key.setdefault(row.key_id, []).append(index)
@@ -430,17 +430,16 @@ class SecretManager:
                     )
                 page = [(rows[i].token, rows[i].id, rows[i].name) for i in indexes]
                 resealed = reseal_page(cipher, new_cipher, page)
+            except DecryptionError as exc:
+                failure = _rotation_failure(rows, exc)
+            else:
                 for index, token in zip(indexes, resealed, strict=True):
                     tokens[index] = token
-            except DecryptionError as exc:
-                failed = next((row for row in rows if row.id == exc.secret_id), None)
-                which = "a secret" if failed is None else f"secret {failed.id} ({failed.name})"
-                message = (
-                    f"rotation aborted and rolled back: {which} cannot be decrypted ({exc}); "
-                    "no secret was changed"
-                )
-                logger.error("%s", message)
-                raise IntegrityError(message, secret_id=exc.secret_id) from None
+                continue
+            # Raised outside the except block, so that the error has no
+            # __context__ whose traceback would keep the page's frames alive.
+            logger.error("%s", failure)
+            raise failure
         return tokens
 
     def rotate_master_key(self, *, generate: bool = True, prune: bool = True) -> str:
@@ -501,3 +500,14 @@ class SecretManager:
 
     def __repr__(self) -> str:
         return f"SecretManager(url={self.url!r}, master_keys={self._keys.ring.source!r})"
+
+
+def _rotation_failure(rows: Sequence[repo.SecretRow], error: DecryptionError) -> IntegrityError:
+    """Return the error that aborts a rotation at the row that ``error`` names."""
+    failed = next((row for row in rows if row.id == error.secret_id), None)
+    secret = "a secret" if failed is None else f"secret {failed.id} ({failed.name})"
+    return IntegrityError(
+        f"rotation aborted and rolled back: {secret} cannot be decrypted ({error}); "
+        "no secret was changed",
+        secret_id=error.secret_id,
+    )

@@ -1,0 +1,72 @@
+"""No value reachable from the frames of an IntegrityError, on SQLite and PostgreSQL.
+
+Every frame on an error's traceback keeps its local variables alive, and so
+does every error chained to it as ``__cause__`` or ``__context__``, even one
+hidden with ``from None``. A debugger, a memory dump or a crash reporter
+that walks them could read a value that was decrypted before the error.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+import fernvault
+from fernvault import IntegrityError, SecretManager
+
+from .dbutil import execute
+
+FERNVAULT_SOURCE = str(Path(fernvault.__file__).parent)
+
+
+def _fernvault_locals_containing(error: BaseException, needle: str) -> list[str]:
+    """Return the fernvault frame locals on the error's chain whose repr contains ``needle``."""
+    found: list[str] = []
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        entry = current.__traceback__
+        while entry is not None:
+            frame = entry.tb_frame
+            if frame.f_code.co_filename.startswith(FERNVAULT_SOURCE):
+                for name, value in frame.f_locals.items():
+                    if needle in repr(value):
+                        found.append(f"{frame.f_code.co_name}: {name}")
+            entry = entry.tb_next
+        pending.extend(chained for chained in (current.__cause__, current.__context__) if chained)
+    return found
+
+
+def test_rotation_error_frames_hold_no_values(vault: SecretManager, db_url: str) -> None:
+    canary = "CANARY" + secrets.token_hex(8)
+    ids = vault.store_secrets({f"secret-{i:02d}": f"{canary}-{i}" for i in range(20)})
+    victim = ids["secret-07"]
+    execute(db_url, "UPDATE fernvault_secrets SET token = '' WHERE id = :i", {"i": victim})
+
+    with pytest.raises(IntegrityError, match=victim) as caught:
+        vault.rotate_key()
+
+    assert _fernvault_locals_containing(caught.value, canary) == []
+
+
+def test_copied_token_error_frames_hold_no_value(vault: SecretManager, db_url: str) -> None:
+    canary = "CANARY" + secrets.token_hex(8)
+    source = vault.store_secret("source", canary)
+    target = vault.store_secret("target", "target value")
+    execute(
+        db_url,
+        "UPDATE fernvault_secrets SET token = (SELECT token FROM fernvault_secrets WHERE id = :s) "
+        "WHERE id = :t",
+        {"s": source, "t": target},
+    )
+
+    with pytest.raises(IntegrityError, match="made for another row") as caught:
+        vault.get_secret(target)
+
+    assert _fernvault_locals_containing(caught.value, canary) == []
