@@ -50,6 +50,19 @@ def test_rotate_reports_progress(vault: SecretManager) -> None:
     assert result.secrets == 25
 
 
+def test_rotate_long_values_smaller_pages(vault: SecretManager) -> None:
+    # Tokens of about 700 KB: three fit in the 2 MiB a page aims at.
+    values = {f"long-{i}": f"{i}" * 500_000 for i in range(1, 8)}
+    ids = vault.store_secrets(values)
+    calls: list[tuple[int, int]] = []
+
+    vault.rotate_data_key(lambda done, total: calls.append((done, total)))
+
+    assert calls == [(3, 7), (6, 7), (7, 7)]
+    for name, value in values.items():
+        assert vault.get_secret(ids[name]) == value
+
+
 def test_second_manager_rotates_everything(
     vault: SecretManager, key_file: Path, db_url: str
 ) -> None:

@@ -198,6 +198,19 @@ def count_secrets(connection: Connection) -> int:
     return connection.execute(select(func.count()).select_from(secrets_table)).scalar_one()
 
 
+def mean_token_length(connection: Connection, sample: int) -> float:
+    """Return the mean length of the tokens of ``sample`` secret rows, 0 if there are none.
+
+    The rows are whichever the database reads first. Tokens are base64, so
+    their length in characters is their size in bytes. PostgreSQL reads a
+    long value's size without fetching the value itself (``octet_length``).
+    """
+    length = func.octet_length if connection.dialect.name == "postgresql" else func.length
+    rows = select(secrets_table.c.token).limit(sample).subquery()
+    mean = connection.execute(select(func.avg(length(rows.c.token)))).scalar_one()
+    return float(mean or 0)
+
+
 def secret_pages(connection: Connection, batch_size: int) -> Iterator[list[SecretRow]]:
     """Yield every secret in pages of ``batch_size``, in id order (keyset pagination).
 

@@ -1,7 +1,8 @@
 """The re-encryption loop of a data key rotation.
 
-Rows are read in keyset pages of ``batch_size`` rows, so memory stays flat
-however many secrets the vault holds.
+Rows are read in keyset pages of at most ``batch_size`` rows and about
+``PAGE_BYTES`` of tokens, so memory stays flat however many secrets the vault
+contains and however long their values are.
 
 On PostgreSQL a second thread writes page N while the calling thread
 re-encrypts page N+1: the re-encryption holds the GIL, but psycopg releases
@@ -25,6 +26,11 @@ from .database import Database, DriverStatement
 from .models import secrets_table
 
 Progress = Callable[[int, int], None]
+
+PAGE_BYTES = 2 * 1024 * 1024
+"""Target size of a page's tokens in bytes. Memory contains each page several
+times (old tokens, values, new tokens, the driver's copies), and on
+PostgreSQL two pages are in flight at once."""
 
 
 PageWrite = Callable[[Any, Sequence[tuple[str, str]]], None]
@@ -119,6 +125,20 @@ def _update_from_arrays(key_id: str) -> PageWrite:
     return write
 
 
+def _page_size(connection: Connection, batch_size: int) -> int:
+    """Return the rows per page: ``batch_size``, or fewer for long values.
+
+    The page size follows the mean token length of one sample of
+    ``batch_size`` rows.
+    """
+    # NOTE: a vault that mixes a few very long values with many short ones
+    # gets pages sized for the mean, so a page can exceed PAGE_BYTES.
+    mean = repo.mean_token_length(connection, batch_size)
+    if mean <= 0:
+        return batch_size
+    return max(1, min(batch_size, int(PAGE_BYTES // mean)))
+
+
 def reencrypt_all(
     connection: Connection,
     database: Database,
@@ -136,6 +156,7 @@ def reencrypt_all(
     not use the connection: it runs while the writer thread may hold it.
     Returns the number of rows rewritten.
     """
+    page_size = _page_size(connection, batch_size)
     dbapi_connection = connection.connection
     lock = threading.Lock()
     overlap = connection.dialect.name == "postgresql"
@@ -158,7 +179,7 @@ def reencrypt_all(
         with lock:
             cursor = dbapi_connection.cursor()
             try:
-                rows = page_query.execute(cursor, {"after": after, "batch_size": batch_size})
+                rows = page_query.execute(cursor, {"after": after, "batch_size": page_size})
                 return [(row[0], repo.SecretRow(*row[1:])) for row in rows.fetchall()]
             finally:
                 cursor.close()
