@@ -173,3 +173,11 @@ def test_store_secrets_in_pages_is_one_transaction(vault: SecretManager) -> None
     assert len(stored) == 19
     assert vault.get_secret(stored["taken-3"]) == "v3"
     assert vault.get_secret_by_name("taken-19") == "first"
+
+
+def test_store_secrets_falls_back_to_fernet(vault: SecretManager) -> None:
+    # A reload in another thread can drop the key from the cache mid-store.
+    vault._keys.cache._page_ciphers.clear()
+    stored = vault.store_secrets({f"name-{i}": f"value-{i}-é" for i in range(5)})
+    for i in range(5):
+        assert vault.get_secret(stored[f"name-{i}"]) == f"value-{i}-é"

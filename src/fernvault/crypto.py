@@ -71,6 +71,13 @@ def seal(fernet: Fernet, secret_id: str, name: str, value: str) -> str:
     return fernet.encrypt(_header(secret_id, name) + value.encode("utf-8")).decode("ascii")
 
 
+def seal_page(cipher: PageCipher, rows: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Encrypt each ``(secret id, name, value)`` row into a token bound to it, like ``seal``."""
+    return cipher.encrypt(
+        [_header(secret_id, name) + value.encode("utf-8") for secret_id, name, value in rows]
+    )
+
+
 def unseal(fernet: Fernet, token: str, secret_id: str, name: str) -> str:
     """Decrypt a token and check that it belongs to this row.
 

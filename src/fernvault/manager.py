@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Select
 
 from . import keys as keyfile
 from . import repository as repo
-from .crypto import new_data_key, reseal_page, seal, unseal
+from .crypto import new_data_key, reseal_page, seal, seal_page, unseal
 from .database import URL_ENV, ConstraintViolation, Database
 from .errors import (
     DecryptionError,
@@ -162,12 +162,19 @@ class SecretManager:
         ids = {name: secrets.token_hex(16) for name, _ in pairs}
 
         def rows_for(
-            fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
+            key_id: str, fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
         ) -> list[dict[str, Any]]:
+            kept = [(ids[name], name, value) for name, value in chunk if name not in taken]
+            cipher = self._keys.cache.page_cipher(key_id)
+            if cipher is not None:
+                tokens = seal_page(cipher, kept)
+            else:
+                # Another thread's reload dropped the key from the cache: a rotation
+                # retired it, so the insert fails its foreign key check and retries.
+                tokens = [seal(fernet, *row) for row in kept]
             return [
-                {"id": ids[name], "name": name, "token": seal(fernet, ids[name], name, value)}
-                for name, value in chunk
-                if name not in taken
+                {"id": secret_id, "name": name, "token": token}
+                for (secret_id, name, _), token in zip(kept, tokens, strict=True)
             ]
 
         def shared_for(key_id: str) -> dict[str, Any]:
@@ -176,7 +183,7 @@ class SecretManager:
 
         def insert_one(key_id: str, fernet: Fernet) -> dict[str, str]:
             # One INSERT is its own transaction; a taken name fails its unique constraint.
-            (row,) = rows_for(fernet, pairs, set())
+            (row,) = rows_for(key_id, fernet, pairs, set())
             self._db.write_one("store", repo.INSERT_SECRET, {**row, **shared_for(key_id)})
             return {row["name"]: row["id"]}
 
@@ -189,7 +196,7 @@ class SecretManager:
             stored: dict[str, str] = {}
             # Encrypt and insert a page at a time, so memory stays bounded by the page.
             for start in range(0, len(pairs), self.batch_size):
-                rows = rows_for(fernet, pairs[start : start + self.batch_size], taken)
+                rows = rows_for(key_id, fernet, pairs[start : start + self.batch_size], taken)
                 self._db.executemany(connection, repo.INSERT_SECRET, rows, shared_for(key_id))
                 stored.update((row["name"], row["id"]) for row in rows)
             return stored
