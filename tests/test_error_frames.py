@@ -70,3 +70,25 @@ def test_copied_token_error_frames_hold_no_value(vault: SecretManager, db_url: s
         vault.get_secret(target)
 
     assert _fernvault_locals_containing(caught.value, canary) == []
+
+
+def test_non_ascii_id_names_row_and_hides_values(vault: SecretManager, db_url: str) -> None:
+    canary = "CANARY" + secrets.token_hex(8)
+    ids = vault.store_secrets({f"secret-{i:02d}": f"{canary}-{i}" for i in range(20)})
+    renamed = "é" + ids["secret-07"][1:]
+    execute(
+        db_url,
+        "UPDATE fernvault_secrets SET id = :n WHERE id = :i",
+        {"n": renamed, "i": ids["secret-07"]},
+    )
+
+    with pytest.raises(IntegrityError, match=renamed) as rotation:
+        vault.rotate_key()
+    with pytest.raises(IntegrityError, match=renamed) as read:
+        vault.get_secret_by_name("secret-07")
+    report = vault.verify()
+
+    assert _fernvault_locals_containing(rotation.value, canary) == []
+    assert _fernvault_locals_containing(read.value, canary) == []
+    assert [failure["id"] for failure in report.failures] == [renamed]
+    assert report.total == 20

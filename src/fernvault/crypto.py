@@ -47,6 +47,10 @@ def _checked_row(token: object, secret_id: object, name: object) -> tuple[str, s
         )
     if not isinstance(token, str) or not isinstance(name, str):
         raise _altered(secret_id)
+    if not secret_id.isascii():
+        # Ids are hex, so the row was renamed in the database; the header
+        # could not even encode this id.
+        raise _copied(secret_id)
     return token, secret_id, name
 
 
@@ -112,12 +116,15 @@ def reseal_page(
     """
     checked = [_checked_row(*row) for row in rows]
     payloads = old.decrypt([token for token, _, _ in checked])
-    failure = _first_failure(payloads, checked)
-    if failure is not None:
+    try:
+        failure = _first_failure(payloads, checked)
+        if failure is not None:
+            raise failure
+        return new.encrypt([payload for payload in payloads if payload is not None])
+    except BaseException:
         # The traceback keeps this frame alive: drop the page's values first.
         payloads.clear()
-        raise failure
-    return new.encrypt([payload for payload in payloads if payload is not None])
+        raise
 
 
 def _first_failure(
