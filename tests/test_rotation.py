@@ -63,6 +63,25 @@ def test_rotate_long_values_smaller_pages(vault: SecretManager) -> None:
         assert vault.get_secret(ids[name]) == value
 
 
+def test_rotate_names_row_pages_never_reach(vault: SecretManager, db_url: str) -> None:
+    # The first page starts after the lowest rowid (SQLite) or after '' (PostgreSQL).
+    expected = _fill(vault, 10)
+    victim = next(iter(expected))
+    if db_url.startswith("sqlite"):
+        execute(
+            db_url, f"UPDATE fernvault_secrets SET rowid = {-(2**63)} WHERE id = :i", {"i": victim}
+        )
+    else:
+        execute(db_url, "UPDATE fernvault_secrets SET id = '' WHERE id = :i", {"i": victim})
+    before = snapshot(db_url)
+
+    with pytest.raises(IntegrityError, match="secret-0000") as caught:
+        vault.rotate_key()
+
+    assert "were not re-encrypted" in str(caught.value)
+    assert snapshot(db_url) == before
+
+
 def test_second_manager_rotates_everything(
     vault: SecretManager, key_file: Path, db_url: str
 ) -> None:

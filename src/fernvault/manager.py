@@ -399,6 +399,10 @@ class SecretManager:
                 total=total,
                 progress=progress,
             )
+            if done < total:
+                # Fewer rows than counted: a concurrent delete, or rows the pages
+                # never reached because their id or rowid was altered.
+                _raise_if_not_rotated(connection, key_id)
             removed = repo.delete_data_keys_except(connection, key_id)
             logger.debug("rotation replaced data key %s and removed %d keys", old_key_id, removed)
             return done
@@ -518,3 +522,18 @@ def _rotation_failure(rows: Sequence[repo.SecretRow], error: DecryptionError) ->
         "no secret was changed",
         secret_id=error.secret_id,
     )
+
+
+def _raise_if_not_rotated(connection: Connection, key_id: str) -> None:
+    """Raise IntegrityError naming the secrets that the rotation to ``key_id`` did not reach."""
+    missed = repo.secrets_not_under_key(connection, key_id, limit=5)
+    if not missed:
+        return
+    listed = ", ".join(f"{secret_id!r} ({name})" for secret_id, name in missed)
+    message = (
+        f"rotation aborted and rolled back: secrets {listed} were not re-encrypted, because "
+        "their id or row position was altered in the database; no secret was changed"
+    )
+    logger.error("%s", message)
+    first_id = missed[0][0]
+    raise IntegrityError(message, secret_id=first_id if isinstance(first_id, str) else None)

@@ -165,6 +165,16 @@ def existing_names(connection: Connection, names: Sequence[str]) -> set[str]:
     return found
 
 
+def secrets_not_under_key(connection: Connection, key_id: str, limit: int) -> list[tuple[Any, Any]]:
+    """Return the id and name of up to ``limit`` secrets whose data key is not ``key_id``."""
+    statement = (
+        select(secrets_table.c.id, secrets_table.c.name)
+        .where(secrets_table.c.key_id != key_id)
+        .limit(limit)
+    )
+    return [(row.id, row.name) for row in connection.execute(statement)]
+
+
 def list_secrets(connection: Connection) -> list[dict[str, Any]]:
     """Return id, name, metadata and timestamps of every secret, ordered by name."""
     statement = select(
