@@ -49,7 +49,7 @@ def test_only_canonical_ascii_indexes(vault: SecretManager, path: str) -> None:
     assert vault.list_secrets() == []
 
 
-@pytest.mark.parametrize("batch_size", ["5", 0, -1, True, 2.0])
+@pytest.mark.parametrize("batch_size", ["5", 0, -1, True, 2.0, 1_000_001, 2**63])
 def test_batch_size_checked(key_file: Path, db_url: str, batch_size: object) -> None:
     with pytest.raises((InvalidTypeError, InvalidInputError)):
         SecretManager(key_file, db_url, batch_size=batch_size)  # type: ignore[arg-type]

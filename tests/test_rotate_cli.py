@@ -250,3 +250,13 @@ def test_key_commands_reject_environment_keys(key_file: Path, db_url: str) -> No
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_rotate_one_secret_singular(key_file: Path, db_url: str) -> None:
+    with SecretManager(key_file, db_url) as vault:
+        vault.store_secret("only", "value")
+
+    result = run(["rotate"], key_file, db_url)
+
+    assert result.returncode == 0, result.stderr
+    assert "rotated: 1 secret re-encrypted under data key " in result.stdout

@@ -298,7 +298,8 @@ def rotate(
         click.echo(f"master key rotated: data keys now wrapped by {summary['master_key_id']}")
     else:
         click.echo(
-            f"rotated: {summary['secrets']} secrets re-encrypted under data key "
+            f"rotated: {summary['secrets']} {_plural(summary['secrets'], 'secret')} "
+            "re-encrypted under data key "
             f"{summary['key_id']} in {summary['seconds']:.2f} s"
         )
 
@@ -582,3 +583,8 @@ def main() -> None:
     # like the errors, without Python's source line.
     warnings.formatwarning = _one_line_warning
     cli(prog_name="fernvault")
+
+
+def _plural(count: int, noun: str) -> str:
+    """Return ``noun`` for a count of one, else its plural."""
+    return noun if count == 1 else f"{noun}s"

@@ -38,6 +38,7 @@ ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each batch of a rotation or verification."""
 
 DEFAULT_BATCH_SIZE = 1000
+MAX_BATCH_SIZE = 1_000_000  # a page is one query's LIMIT: keep it far below 64 bits
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,10 @@ class SecretManager:
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool):
             raise InvalidTypeError(f"batch_size must be an int, not {type(batch_size).__name__}")
-        if batch_size < 1:
-            raise InvalidInputError("batch_size must be at least 1")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise InvalidInputError(
+                f"batch_size must be between 1 and {MAX_BATCH_SIZE:,}, got {batch_size}"
+            )
         env_key = os.environ.get(keyfile.MASTER_KEY_ENV) if key_file is None else None
         self.key_file = (
             Path(key_file).expanduser() if key_file is not None else keyfile.default_key_file()
