@@ -31,3 +31,13 @@ def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
         "data_keys": fetch(url, "SELECT * FROM fernvault_data_keys ORDER BY id"),
         "secrets": fetch(url, "SELECT * FROM fernvault_secrets ORDER BY id"),
     }
+
+
+def copy_token(url: str, source: str, target: str) -> None:
+    """Write the token of secret ``source`` onto the row of secret ``target``."""
+    execute(
+        url,
+        "UPDATE fernvault_secrets SET token = (SELECT token FROM fernvault_secrets WHERE id = :s) "
+        "WHERE id = :t",
+        {"s": source, "t": target},
+    )

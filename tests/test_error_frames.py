@@ -16,7 +16,7 @@ import pytest
 import fernvault
 from fernvault import IntegrityError, SecretManager
 
-from .dbutil import execute
+from .dbutil import copy_token, execute
 
 FERNVAULT_SOURCE = str(Path(fernvault.__file__).parent)
 
@@ -59,12 +59,7 @@ def test_copied_token_error_frames_hold_no_value(vault: SecretManager, db_url: s
     canary = "CANARY" + secrets.token_hex(8)
     source = vault.store_secret("source", canary)
     target = vault.store_secret("target", "target value")
-    execute(
-        db_url,
-        "UPDATE fernvault_secrets SET token = (SELECT token FROM fernvault_secrets WHERE id = :s) "
-        "WHERE id = :t",
-        {"s": source, "t": target},
-    )
+    copy_token(db_url, source, target)
 
     with pytest.raises(IntegrityError, match="made for another row") as caught:
         vault.get_secret(target)

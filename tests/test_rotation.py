@@ -9,7 +9,7 @@ import pytest
 
 from fernvault import IntegrityError, SecretManager
 
-from .dbutil import execute, fetch, snapshot
+from .dbutil import copy_token, execute, fetch, snapshot
 
 
 def _fill(vault: SecretManager, count: int) -> dict[str, str]:
@@ -123,12 +123,7 @@ def test_corrupt_row_rolls_back(vault: SecretManager, db_url: str) -> None:
 def test_copied_token_fails_integrity(vault: SecretManager, db_url: str) -> None:
     first = vault.store_secret("first", "one")
     second = vault.store_secret("second", "two")
-    execute(
-        db_url,
-        "UPDATE fernvault_secrets SET token = (SELECT token FROM fernvault_secrets WHERE id = :a) "
-        "WHERE id = :b",
-        {"a": first, "b": second},
-    )
+    copy_token(db_url, first, second)
     with pytest.raises(IntegrityError, match=second):
         vault.get_secret(second)
     assert vault.get_secret(first) == "one"
