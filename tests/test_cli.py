@@ -101,6 +101,7 @@ def test_import_dotenv(key_file: Path, db_url: str, tmp_path: Path) -> None:
     again = run(["import", str(dotenv)], key_file, db_url)
     assert again.returncode == 1
     assert "already exists" in again.stderr
+    assert "or import with --skip-existing" in again.stderr
     skipped = run(["import", "--skip-existing", str(dotenv)], key_file, db_url)
     assert skipped.returncode == 0
     assert skipped.stderr.count("skipped") == 4

@@ -31,6 +31,7 @@ from .errors import (
     InvalidInputError,
     KeyFileError,
     SchemaError,
+    SecretExistsError,
     SecretNotFoundError,
 )
 from .manager import ProgressCallback, SecretManager
@@ -489,7 +490,10 @@ def import_command(
     """Store every variable of a dotenv file as a secret, in one transaction."""
     items = [(prefix + name, value) for name, value in _read_dotenv(dotenv_file)]
     with settings.open() as vault:
-        stored = vault.store_secrets(items, _parse_meta(meta), skip_existing=skip_existing)
+        try:
+            stored = vault.store_secrets(items, _parse_meta(meta), skip_existing=skip_existing)
+        except SecretExistsError as exc:
+            raise SecretExistsError(f"{exc}, or import with --skip-existing") from None
     skipped = [name for name, _ in items if name not in stored]
     for name in skipped:
         click.echo(f"skipped {name}: a secret with this name exists", err=True)
