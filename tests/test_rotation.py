@@ -63,6 +63,21 @@ def test_rotate_long_values_smaller_pages(vault: SecretManager) -> None:
         assert vault.get_secret(ids[name]) == value
 
 
+def test_rotate_long_values_after_short_ones(vault: SecretManager) -> None:
+    # Each page stops at 2 MiB of tokens, wherever the long values are.
+    short = vault.store_secrets({f"short-{i:03d}": "s" for i in range(300)})
+    long = vault.store_secrets({f"long-{i}": "l" * 1_000_000 for i in range(4)})
+    calls: list[tuple[int, int]] = []
+
+    vault.rotate_data_key(lambda done, total: calls.append((done, total)))
+
+    # Two long tokens (1.3 MB each) exceed 2 MiB, so each page holds at most one.
+    assert len(calls) >= 4
+    assert calls[-1] == (304, 304)
+    assert vault.get_secret(short["short-007"]) == "s"
+    assert vault.get_secret(long["long-3"]) == "l" * 1_000_000
+
+
 def test_rotate_names_row_pages_never_reach(vault: SecretManager, db_url: str) -> None:
     # The first page starts after the lowest rowid (SQLite) or after '' (PostgreSQL).
     expected = _fill(vault, 10)

@@ -139,6 +139,21 @@ SECRET_PAGE_BY_ROWID = (
     .order_by(_rowid)
     .limit(bindparam("batch_size"))
 )
+# The token lengths of the next rows, read before a page so that the page can
+# stop at a byte budget. Tokens are base64, so characters are bytes; on
+# PostgreSQL octet_length reads a long value's size without fetching it.
+TOKEN_LENGTHS_BY_ID = (
+    select(secrets_table.c.id, func.octet_length(secrets_table.c.token))
+    .where(secrets_table.c.id > bindparam("after"))
+    .order_by(secrets_table.c.id)
+    .limit(bindparam("batch_size"))
+)
+TOKEN_LENGTHS_BY_ROWID = (
+    select(_rowid, func.length(secrets_table.c.token))
+    .where(_rowid > bindparam("after"))
+    .order_by(_rowid)
+    .limit(bindparam("batch_size"))
+)
 UPDATE_TOKEN_BY_ROWID = (
     update(secrets_table)
     .where(_rowid == bindparam("position"))
@@ -206,19 +221,6 @@ def update_secret(
 
 def count_secrets(connection: Connection) -> int:
     return connection.execute(select(func.count()).select_from(secrets_table)).scalar_one()
-
-
-def mean_token_length(connection: Connection, sample: int) -> float:
-    """Return the mean length of the tokens of ``sample`` secret rows, 0 if there are none.
-
-    The rows are whichever the database reads first. Tokens are base64, so
-    their length in characters is their size in bytes. PostgreSQL reads a
-    long value's size without fetching the value itself (``octet_length``).
-    """
-    length = func.octet_length if connection.dialect.name == "postgresql" else func.length
-    rows = select(secrets_table.c.token).limit(sample).subquery()
-    mean = connection.execute(select(func.avg(length(rows.c.token)))).scalar_one()
-    return float(mean or 0)
 
 
 def secret_pages(connection: Connection, batch_size: int) -> Iterator[list[SecretRow]]:

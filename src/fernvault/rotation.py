@@ -1,9 +1,8 @@
 """The re-encryption loop of a data key rotation.
 
-Rows are read in keyset pages of at most ``batch_size`` rows and about
-``PAGE_BYTES`` of tokens, so memory stays flat however many secrets the vault
-contains. The byte size follows a sample's mean token length, so it holds
-for values of similar length (see ``_page_size``).
+Rows are read in keyset pages of at most ``batch_size`` rows and at most
+``PAGE_BYTES`` of tokens (at least one row), so memory stays flat however
+many secrets the vault contains and however long their values are.
 
 On PostgreSQL a second thread writes page N while the calling thread
 re-encrypts page N+1: the re-encryption holds the GIL, but psycopg releases
@@ -29,9 +28,9 @@ from .models import secrets_table
 Progress = Callable[[int, int], None]
 
 PAGE_BYTES = 2 * 1024 * 1024
-"""Target size of a page's tokens in bytes. Memory contains each page several
-times (old tokens, values, new tokens, the driver's copies), and on
-PostgreSQL two pages are in flight at once."""
+"""Largest size of a page's tokens in bytes, unless one token alone is longer.
+Memory contains each page several times (old tokens, values, new tokens, the
+driver's copies), and on PostgreSQL two pages are in flight at once."""
 
 
 PageWrite = Callable[[Any, Sequence[tuple[str, str]]], None]
@@ -126,19 +125,14 @@ def _update_from_arrays(key_id: str) -> PageWrite:
     return write
 
 
-def _page_size(connection: Connection, batch_size: int) -> int:
-    """Return the rows per page: ``batch_size``, or fewer for long values.
-
-    The page size follows the mean token length of one sample of
-    ``batch_size`` rows.
-    """
-    # NOTE: a vault that mixes long values with many short ones gets pages
-    # sized for the sample's mean, so a page can exceed PAGE_BYTES by far:
-    # 60 values of 4 MiB after 1,000 short ones took about 1 GiB at the peak.
-    mean = repo.mean_token_length(connection, batch_size)
-    if mean <= 0:
-        return batch_size
-    return max(1, min(batch_size, int(PAGE_BYTES // mean)))
+def _rows_within_budget(lengths: Sequence[tuple[Any, Any]]) -> int:
+    """Return how many of the next rows, given as (position, token length), fit in a page."""
+    total = 0
+    for count, (_, length) in enumerate(lengths):
+        total += length or 0
+        if total > PAGE_BYTES and count > 0:
+            return count
+    return len(lengths)
 
 
 def reencrypt_all(
@@ -158,17 +152,18 @@ def reencrypt_all(
     not use the connection: it runs while the writer thread may hold it.
     Returns the number of rows rewritten.
     """
-    page_size = _page_size(connection, batch_size)
     dbapi_connection = connection.connection
     lock = threading.Lock()
     overlap = connection.dialect.name == "postgresql"
     # Pages follow the table's own order: the rowid on SQLite, where walking
     # the random hex ids would touch every page of the table for each batch.
     if overlap:
+        lengths_query = database.driver_statement(repo.TOKEN_LENGTHS_BY_ID)
         page_query = database.driver_statement(repo.SECRET_PAGE_BY_ID)
         write = _update_from_arrays(key_id)
         start: Any = ""  # every id is 32 hex digits, so each sorts after ""
     else:
+        lengths_query = database.driver_statement(repo.TOKEN_LENGTHS_BY_ROWID)
         page_query = database.driver_statement(repo.SECRET_PAGE_BY_ROWID)
         write = _update_by_rowid(database.driver_statement(repo.UPDATE_TOKEN_BY_ROWID), key_id)
         start = -(2**63)
@@ -181,7 +176,12 @@ def reencrypt_all(
         with lock:
             cursor = dbapi_connection.cursor()
             try:
-                rows = page_query.execute(cursor, {"after": after, "batch_size": page_size})
+                parameters = {"after": after, "batch_size": batch_size}
+                lengths = lengths_query.execute(cursor, parameters).fetchall()
+                if not lengths:
+                    return []
+                parameters["batch_size"] = _rows_within_budget(lengths)
+                rows = page_query.execute(cursor, parameters)
                 return [(row[0], repo.SecretRow(*row[1:])) for row in rows.fetchall()]
             finally:
                 cursor.close()
