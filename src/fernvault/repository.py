@@ -139,19 +139,13 @@ SECRET_PAGE_BY_ROWID = (
     .order_by(_rowid)
     .limit(bindparam("batch_size"))
 )
-# The token lengths of the next rows, read before a page so that the page can
-# stop at a byte budget. Tokens are base64, so characters are bytes; on
-# PostgreSQL octet_length reads a long value's size without fetching it.
+# The token lengths of the next rows on PostgreSQL, read before a page so that
+# the page can stop at a byte budget: psycopg fetches a whole result at once.
+# octet_length reads a long value's size without fetching the value.
 TOKEN_LENGTHS_BY_ID = (
     select(secrets_table.c.id, func.octet_length(secrets_table.c.token))
     .where(secrets_table.c.id > bindparam("after"))
     .order_by(secrets_table.c.id)
-    .limit(bindparam("batch_size"))
-)
-TOKEN_LENGTHS_BY_ROWID = (
-    select(_rowid, func.length(secrets_table.c.token))
-    .where(_rowid > bindparam("after"))
-    .order_by(_rowid)
     .limit(bindparam("batch_size"))
 )
 UPDATE_TOKEN_BY_ROWID = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -125,14 +125,21 @@ def _update_from_arrays(key_id: str) -> PageWrite:
     return write
 
 
-def _rows_within_budget(lengths: Sequence[tuple[Any, Any]]) -> int:
-    """Return how many of the next rows, given as (position, token length), fit in a page."""
-    total = 0
-    for count, (_, length) in enumerate(lengths):
-        total += length or 0
-        if total > PAGE_BYTES and count > 0:
-            return count
-    return len(lengths)
+def _count_within_budget(lengths: Iterable[Any]) -> int:
+    """Return how many of the next tokens, given by length, fit in one page."""
+    count = 0
+    size = 0
+    for length in lengths:
+        size += length or 0
+        if count and size > PAGE_BYTES:
+            break
+        count += 1
+    return count
+
+
+def _token_length(token: Any) -> int:
+    """Return a token's length; 0 for a damaged row's other type, which re-encryption rejects."""
+    return len(token) if isinstance(token, (str, bytes)) else 0
 
 
 def reencrypt_all(
@@ -163,7 +170,9 @@ def reencrypt_all(
         write = _update_from_arrays(key_id)
         start: Any = ""  # every id is 32 hex digits, so each sorts after ""
     else:
-        lengths_query = database.driver_statement(repo.TOKEN_LENGTHS_BY_ROWID)
+        # sqlite3 reads a row only when it is fetched, so the page itself stops
+        # at the budget; length() would read every long token twice.
+        lengths_query = None
         page_query = database.driver_statement(repo.SECRET_PAGE_BY_ROWID)
         write = _update_by_rowid(database.driver_statement(repo.UPDATE_TOKEN_BY_ROWID), key_id)
         start = -(2**63)
@@ -177,12 +186,19 @@ def reencrypt_all(
             cursor = dbapi_connection.cursor()
             try:
                 parameters = {"after": after, "batch_size": batch_size}
-                lengths = lengths_query.execute(cursor, parameters).fetchall()
-                if not lengths:
-                    return []
-                parameters["batch_size"] = _rows_within_budget(lengths)
-                rows = page_query.execute(cursor, parameters)
-                return [(row[0], repo.SecretRow(*row[1:])) for row in rows.fetchall()]
+                if lengths_query is not None:
+                    lengths = lengths_query.execute(cursor, parameters).fetchall()
+                    parameters["batch_size"] = _count_within_budget(length for _, length in lengths)
+                    if not parameters["batch_size"]:
+                        return []
+                page: list[tuple[Any, repo.SecretRow]] = []
+                size = 0
+                for row in page_query.execute(cursor, parameters):
+                    size += _token_length(row[3])
+                    if page and size > PAGE_BYTES:
+                        break
+                    page.append((row[0], repo.SecretRow(*row[1:])))
+                return page
             finally:
                 cursor.close()
 
