@@ -71,7 +71,7 @@ def test_rotate_long_values_after_short_ones(vault: SecretManager) -> None:
 
     vault.rotate_data_key(lambda done, total: calls.append((done, total)))
 
-    # Two long tokens (1.3 MB each) exceed 2 MiB, so each page holds at most one.
+    # Two long tokens (1.3 MB each) exceed 2 MiB, so each page contains at most one.
     assert len(calls) >= 4
     assert calls[-1] == (304, 304)
     assert vault.get_secret(short["short-007"]) == "s"

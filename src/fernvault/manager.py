@@ -167,17 +167,17 @@ class SecretManager:
         def rows_for(
             key_id: str, fernet: Fernet, chunk: list[tuple[str, str]], taken: set[str]
         ) -> list[dict[str, Any]]:
-            kept = [(ids[name], name, value) for name, value in chunk if name not in taken]
+            new_rows = [(ids[name], name, value) for name, value in chunk if name not in taken]
             cipher = self._keys.cache.page_cipher(key_id)
             if cipher is not None:
-                tokens = seal_page(cipher, kept)
+                tokens = seal_page(cipher, new_rows)
             else:
                 # Another thread's reload dropped the key from the cache: a rotation
                 # retired it, so the insert fails its foreign key check and retries.
-                tokens = [seal(fernet, *row) for row in kept]
+                tokens = [seal(fernet, *row) for row in new_rows]
             return [
                 {"id": secret_id, "name": name, "token": token}
-                for (secret_id, name, _), token in zip(kept, tokens, strict=True)
+                for (secret_id, name, _), token in zip(new_rows, tokens, strict=True)
             ]
 
         def shared_for(key_id: str) -> dict[str, Any]:
